@@ -1,0 +1,159 @@
+"""Error taxonomy shared by the router, the gateways and the SDK.
+
+Every error a caller can act on is a :class:`RoomcastError` subclass that carries an HTTP-like
+``status`` and a machine-readable ``code``; the same pair travels in ``Reply`` frames, in plain
+WebSocket replies (``{"error": code, "message": text}``) and in HTTP API responses, so one table
+maps between them.
+
+* ``BadRequest`` (400 bad_request), ``InvalidRoom`` (400 invalid_room), ``Forbidden`` (403
+  forbidden), ``NoSuchSocket`` (404 no_such_socket), ``NotFound`` (404 not_found),
+  ``PayloadTooLarge`` (413 payload_too_large), ``TooManyRooms`` (429 too_many_rooms),
+  ``RateLimited`` (429 rate_limited), ``ActionFailed`` (500 action_failed), ``InternalError``
+  (500 internal), ``NoWorker`` (503 no_worker), ``RouterUnavailable`` (503 router_unavailable),
+  ``Timeout`` (504 timeout).
+
+Two errors are not for callers to catch as results: ``WireError`` (a peer sent bytes we cannot
+decode: count and drop) and ``StateError`` (our own code misused an object: a bug).
+Messages are lower case and never include payload bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionFailed",
+    "BadRequest",
+    "Forbidden",
+    "InternalError",
+    "InvalidRoom",
+    "NoSuchSocket",
+    "NoWorker",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RoomcastError",
+    "RouterUnavailable",
+    "StateError",
+    "Timeout",
+    "TooManyRooms",
+    "WireError",
+    "error_from_reply",
+]
+
+
+class RoomcastError(Exception):
+    """Base of every error a roomcast caller may handle."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message if message is not None else self.code.replace("_", " ")
+        super().__init__(self.message)
+
+    def as_body(self) -> dict[str, str]:
+        """The JSON error body used on every client-facing surface."""
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequest(RoomcastError):
+    status, code = 400, "bad_request"
+
+
+class InvalidRoom(RoomcastError):
+    status, code = 400, "invalid_room"
+
+
+class Forbidden(RoomcastError):
+    status, code = 403, "forbidden"
+
+
+class NoSuchSocket(RoomcastError):
+    status, code = 404, "no_such_socket"
+
+    def __init__(self, message: str | None = None, *, socket: str | None = None) -> None:
+        self.socket = socket
+        super().__init__(message or (f"no such socket: {socket}" if socket else None))
+
+
+class NotFound(RoomcastError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(RoomcastError):
+    status, code = 413, "payload_too_large"
+
+    def __init__(self, message: str | None = None, *, size: int = 0, limit: int = 0) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(message or f"payload of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class TooManyRooms(RoomcastError):
+    status, code = 429, "too_many_rooms"
+
+    def __init__(self, message: str | None = None, *, limit: int = 0) -> None:
+        self.limit = limit
+        super().__init__(message or f"a socket may be in at most {limit} rooms")
+
+
+class RateLimited(RoomcastError):
+    status, code = 429, "rate_limited"
+
+
+class ActionFailed(RoomcastError):
+    status, code = 500, "action_failed"
+
+
+class InternalError(RoomcastError):
+    status, code = 500, "internal"
+
+
+class NoWorker(RoomcastError):
+    status, code = 503, "no_worker"
+
+
+class RouterUnavailable(RoomcastError):
+    status, code = 503, "router_unavailable"
+
+
+class Timeout(RoomcastError):
+    status, code = 504, "timeout"
+
+
+class WireError(Exception):
+    """A peer sent something that is not a valid roomcast frame (remote misbehaviour)."""
+
+
+class StateError(Exception):
+    """Local misuse of an object (a bug in the calling code, never caused by a peer)."""
+
+
+_BY_CODE: dict[str, type[RoomcastError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        InvalidRoom,
+        Forbidden,
+        NoSuchSocket,
+        NotFound,
+        PayloadTooLarge,
+        TooManyRooms,
+        RateLimited,
+        ActionFailed,
+        InternalError,
+        NoWorker,
+        RouterUnavailable,
+        Timeout,
+    )
+}
+
+
+def error_from_reply(status: int, code: str, message: str) -> RoomcastError:
+    """Rebuild the typed error a router reply describes (unknown codes keep their status)."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = RoomcastError(message or code)
+        err.status, err.code = status, code or "internal"
+        return err
+    err = cls.__new__(cls)
+    RoomcastError.__init__(err, message or None)
+    return err

@@ -1,0 +1,350 @@
+"""The wire codec: the only module that touches the generated protobuf code.
+
+Everything else in roomcast handles the frozen dataclasses below, a tagged union (``Message``)
+mirroring ``proto/roomcast.proto`` one to one; :func:`decode` is the only place bytes become
+messages and :func:`encode` the only place messages become bytes. Bytes from a peer that do not
+decode raise :class:`WireError` (count it and drop the message; never log the bytes).
+
+Framing around a body (multipart ZeroMQ messages) lives here too: topics on the router's PUB
+socket are NUL-terminated gateway ids (``g1`` never matches ``g10``) plus one cluster topic, and
+each message for a gateway carries an 8-byte big-endian sequence number so gaps are detected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Sequence
+from typing import ClassVar, Union
+
+from google.protobuf.message import DecodeError
+
+from roomcast.core.errors import WireError
+from roomcast.core.pb import roomcast_pb2 as pb
+
+__all__ = [
+    "CLUSTER_TOPIC",
+    "PROTOCOL_VERSION",
+    "CopyMembers",
+    "Deliver",
+    "Hello",
+    "HelloAck",
+    "Heartbeat",
+    "LeaveAll",
+    "MemberUpdate",
+    "Membership",
+    "Message",
+    "Publish",
+    "Query",
+    "QueryKind",
+    "Reply",
+    "Request",
+    "Reset",
+    "Resync",
+    "Role",
+    "RouterBeat",
+    "SocketClose",
+    "SocketOpen",
+    "SocketRooms",
+    "decode",
+    "encode",
+    "gateway_topic",
+    "pack_seq",
+    "unpack_seq",
+]
+
+# Bumped on any change a peer of the previous version cannot ignore; peers with another major
+# version are refused at Hello.
+PROTOCOL_VERSION = 1
+
+CLUSTER_TOPIC = b"*\x00"
+_SEQ = struct.Struct(">Q")
+
+
+class Role(enum.IntEnum):
+    UNSPECIFIED = 0
+    GATEWAY = 1
+    CLIENT = 2
+    WORKER = 3
+
+
+class QueryKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    COUNT = 1
+    MEMBERS = 2
+    ROOMS = 3
+
+
+_msg = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_msg
+class SocketRooms:
+    socket: str = ""
+    rooms: tuple[str, ...] = ()
+
+
+@_msg
+class Hello:
+    KIND: ClassVar[str] = "hello"
+    ref: int = 0
+    node_id: str = ""
+    role: Role = Role.UNSPECIFIED
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@_msg
+class Heartbeat:
+    KIND: ClassVar[str] = "heartbeat"
+    node_id: str = ""
+
+
+@_msg
+class SocketOpen:
+    KIND: ClassVar[str] = "socket_open"
+    ref: int = 0
+    sockets: tuple[str, ...] = ()
+
+
+@_msg
+class SocketClose:
+    KIND: ClassVar[str] = "socket_close"
+    sockets: tuple[str, ...] = ()
+
+
+@_msg
+class Membership:
+    KIND: ClassVar[str] = "membership"
+    ref: int = 0
+    leave: bool = False
+    sockets: tuple[str, ...] = ()
+    rooms: tuple[str, ...] = ()
+
+
+@_msg
+class LeaveAll:
+    KIND: ClassVar[str] = "leave_all"
+    ref: int = 0
+    room: str = ""
+
+
+@_msg
+class CopyMembers:
+    KIND: ClassVar[str] = "copy_members"
+    ref: int = 0
+    remove: bool = False
+    source: str = ""
+    rooms: tuple[str, ...] = ()
+
+
+@_msg
+class Publish:
+    KIND: ClassVar[str] = "publish"
+    ref: int = 0
+    rooms: tuple[str, ...] = ()
+    everyone: bool = False
+    event: str = "message"
+    data: bytes = b"null"
+    omit: tuple[str, ...] = ()
+
+
+@_msg
+class Query:
+    KIND: ClassVar[str] = "query"
+    ref: int = 0
+    kind: QueryKind = QueryKind.UNSPECIFIED
+    target: str = ""
+
+
+@_msg
+class Resync:
+    KIND: ClassVar[str] = "resync"
+    ref: int = 0
+    sockets: tuple[SocketRooms, ...] = ()
+    last: bool = False
+
+
+@_msg
+class Request:
+    KIND: ClassVar[str] = "request"
+    ref: int = 0
+    socket: str = ""
+    method: str = ""
+    url: str = ""
+    headers: bytes = b"{}"
+    data: bytes = b"null"
+
+
+@_msg
+class HelloAck:
+    KIND: ClassVar[str] = "hello_ack"
+    ref: int = 0
+    epoch: str = ""
+    protocol_version: int = PROTOCOL_VERSION
+    heartbeat_interval_ms: int = 0
+
+
+@_msg
+class Reply:
+    KIND: ClassVar[str] = "reply"
+    ref: int = 0
+    status: int = 200
+    error: str = ""
+    message: str = ""
+    count: int = 0
+    names: tuple[str, ...] = ()
+    body: bytes = b""
+    headers: bytes = b""
+    gateways: int = 0
+
+
+@_msg
+class MemberUpdate:
+    KIND: ClassVar[str] = "member_update"
+    joins: tuple[SocketRooms, ...] = ()
+    leaves: tuple[SocketRooms, ...] = ()
+
+
+@_msg
+class Deliver:
+    KIND: ClassVar[str] = "deliver"
+    rooms: tuple[str, ...] = ()
+    everyone: bool = False
+    event: str = "message"
+    data: bytes = b"null"
+    omit: tuple[str, ...] = ()
+    accepted_ns: int = 0
+
+
+@_msg
+class RouterBeat:
+    KIND: ClassVar[str] = "router_beat"
+    epoch: str = ""
+
+
+@_msg
+class Reset:
+    KIND: ClassVar[str] = "reset"
+    epoch: str = ""
+
+
+Message = Union[
+    Hello,
+    Heartbeat,
+    SocketOpen,
+    SocketClose,
+    Membership,
+    LeaveAll,
+    CopyMembers,
+    Publish,
+    Query,
+    Resync,
+    Request,
+    HelloAck,
+    Reply,
+    MemberUpdate,
+    Deliver,
+    RouterBeat,
+    Reset,
+]
+
+_TYPES: tuple[type, ...] = Message.__args__  # type: ignore[attr-defined]
+
+# Per message type, how each field converts: "s" scalar, "l" list of scalars, "r" list of
+# SocketRooms, or an enum class. Computed once so encode/decode stay loops over tuples.
+_SCALAR, _LIST, _ROOMS = "s", "l", "r"
+
+
+def _plan(cls: type) -> tuple[tuple[str, object], ...]:
+    plan: list[tuple[str, object]] = []
+    for f in dataclasses.fields(cls):
+        t = str(f.type)
+        if t == "tuple[SocketRooms, ...]":
+            plan.append((f.name, _ROOMS))
+        elif t.startswith("tuple["):
+            plan.append((f.name, _LIST))
+        elif t == "Role":
+            plan.append((f.name, Role))
+        elif t == "QueryKind":
+            plan.append((f.name, QueryKind))
+        else:
+            plan.append((f.name, _SCALAR))
+    return tuple(plan)
+
+
+_PLANS: dict[str, tuple[type, tuple[tuple[str, object], ...]]] = {
+    cls.KIND: (cls, _plan(cls)) for cls in _TYPES
+}
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize one message to a ``Frame`` body."""
+    frame = pb.Frame()
+    sub = getattr(frame, msg.KIND)
+    sub.SetInParent()
+    for name, how in _PLANS[msg.KIND][1]:
+        value = getattr(msg, name)
+        if how is _LIST:
+            getattr(sub, name).extend(value)
+        elif how is _ROOMS:
+            target = getattr(sub, name)
+            for item in value:
+                target.add(socket=item.socket, rooms=item.rooms)
+        else:
+            setattr(sub, name, value)
+    return frame.SerializeToString()
+
+
+def decode(data: bytes) -> Message:
+    """Parse one ``Frame`` body; raise :class:`WireError` for anything that is not one."""
+    frame = pb.Frame()
+    try:
+        frame.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise WireError("undecodable frame") from exc
+    kind = frame.WhichOneof("body")
+    if kind is None:
+        raise WireError("frame carries no message")
+    cls, plan = _PLANS[kind]
+    sub = getattr(frame, kind)
+    kwargs: dict[str, object] = {}
+    for name, how in plan:
+        value = getattr(sub, name)
+        if how is _LIST:
+            kwargs[name] = tuple(value)
+        elif how is _ROOMS:
+            kwargs[name] = tuple(SocketRooms(socket=i.socket, rooms=tuple(i.rooms)) for i in value)
+        elif how is _SCALAR:
+            kwargs[name] = value
+        else:
+            try:
+                kwargs[name] = how(value)  # type: ignore[operator]
+            except ValueError:
+                raise WireError(f"unknown {name} {value}") from None
+    return cls(**kwargs)  # type: ignore[no-any-return]
+
+
+def gateway_topic(gateway_id: str) -> bytes:
+    """The PUB topic of one gateway; NUL-terminated so no id is a prefix of another's topic."""
+    if "\x00" in gateway_id or not gateway_id:
+        raise ValueError("gateway id must be non-empty and contain no NUL")
+    return b"g" + gateway_id.encode() + b"\x00"
+
+
+def pack_seq(seq: int) -> bytes:
+    return _SEQ.pack(seq)
+
+
+def unpack_seq(data: bytes) -> int:
+    if len(data) != _SEQ.size:
+        raise WireError("bad sequence frame")
+    value: int = _SEQ.unpack(data)[0]
+    return value
+
+
+def split_frames(parts: Sequence[bytes]) -> tuple[bytes, bytes, bytes]:
+    """(topic, seq, body) of a PUB message; raise WireError if it has another shape."""
+    if len(parts) != 3:
+        raise WireError(f"expected 3 frames, got {len(parts)}")
+    return parts[0], parts[1], parts[2]
