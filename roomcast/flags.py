@@ -25,12 +25,13 @@ class EnvArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, environ: Mapping[str, str] | None = None, **kw: Any) -> None:
         kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kw)
+        # Set before super().__init__, which adds --help through add_argument.
         self._environ = os.environ if environ is None else environ
+        super().__init__(*args, **kw)
 
     def add_argument(self, *names: Any, **kw: Any) -> argparse.Action:
         long = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
-        if long is not None:
+        if long is not None and long != "--help":
             var = env_name(long)
             kw["help"] = (kw.get("help") or "") + f" [env: {var}]"
             raw = self._environ.get(var)

@@ -84,7 +84,8 @@ class BatchReader:
             except Exception:
                 log.exception("batch handler failed")
         try:
-            more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            events: int = sock.getsockopt(zmq.EVENTS)  # type: ignore[assignment]
+            more = bool(events & zmq.POLLIN)
         except zmq.ZMQError:
             return
         if more:

@@ -69,6 +69,7 @@ class Forbidden(RoomcastError):
 
 class NoSuchSocket(RoomcastError):
     status, code = 404, "no_such_socket"
+    socket: str | None = None  # class defaults: error_from_reply() bypasses __init__
 
     def __init__(self, message: str | None = None, *, socket: str | None = None) -> None:
         self.socket = socket
@@ -81,6 +82,8 @@ class NotFound(RoomcastError):
 
 class PayloadTooLarge(RoomcastError):
     status, code = 413, "payload_too_large"
+    size: int = 0
+    limit: int = 0
 
     def __init__(self, message: str | None = None, *, size: int = 0, limit: int = 0) -> None:
         self.size, self.limit = size, limit
@@ -89,6 +92,7 @@ class PayloadTooLarge(RoomcastError):
 
 class TooManyRooms(RoomcastError):
     status, code = 429, "too_many_rooms"
+    limit: int = 0
 
     def __init__(self, message: str | None = None, *, limit: int = 0) -> None:
         self.limit = limit
@@ -151,7 +155,7 @@ def error_from_reply(status: int, code: str, message: str) -> RoomcastError:
     """Rebuild the typed error a router reply describes (unknown codes keep their status)."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        err = RoomcastError(message or code)
+        err = RoomcastError(message or code or None)
         err.status, err.code = status, code or "internal"
         return err
     err = cls.__new__(cls)

@@ -108,12 +108,12 @@ class Topology:
             validate_room(room)
         entries = [self._entry(sid) for sid in sockets]
         if not leave:
-            for sid, entry in zip(sockets, entries):
+            for sid, entry in zip(sockets, entries, strict=True):
                 new = len(set(rooms) - entry.rooms - {sid})
                 if new and len(entry.rooms) - 1 + new > self.max_rooms_per_socket:
                     raise TooManyRooms(limit=self.max_rooms_per_socket)
         changes: Changes = {}
-        for sid, entry in zip(sockets, entries):
+        for sid, entry in zip(sockets, entries, strict=True):
             for room in rooms:
                 if room == sid:
                     continue

@@ -16,7 +16,7 @@ import dataclasses
 import enum
 import struct
 from collections.abc import Sequence
-from typing import ClassVar, Union
+from typing import Any, ClassVar
 
 from google.protobuf.message import DecodeError
 
@@ -28,9 +28,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "CopyMembers",
     "Deliver",
+    "Heartbeat",
     "Hello",
     "HelloAck",
-    "Heartbeat",
     "LeaveAll",
     "MemberUpdate",
     "Membership",
@@ -51,6 +51,7 @@ __all__ = [
     "encode",
     "gateway_topic",
     "pack_seq",
+    "split_frames",
     "unpack_seq",
 ]
 
@@ -76,16 +77,13 @@ class QueryKind(enum.IntEnum):
     ROOMS = 3
 
 
-_msg = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-
-
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SocketRooms:
     socket: str = ""
     rooms: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     KIND: ClassVar[str] = "hello"
     ref: int = 0
@@ -94,26 +92,26 @@ class Hello:
     protocol_version: int = PROTOCOL_VERSION
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
     KIND: ClassVar[str] = "heartbeat"
     node_id: str = ""
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SocketOpen:
     KIND: ClassVar[str] = "socket_open"
     ref: int = 0
     sockets: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SocketClose:
     KIND: ClassVar[str] = "socket_close"
     sockets: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Membership:
     KIND: ClassVar[str] = "membership"
     ref: int = 0
@@ -122,14 +120,14 @@ class Membership:
     rooms: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LeaveAll:
     KIND: ClassVar[str] = "leave_all"
     ref: int = 0
     room: str = ""
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class CopyMembers:
     KIND: ClassVar[str] = "copy_members"
     ref: int = 0
@@ -138,7 +136,7 @@ class CopyMembers:
     rooms: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Publish:
     KIND: ClassVar[str] = "publish"
     ref: int = 0
@@ -149,7 +147,7 @@ class Publish:
     omit: tuple[str, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Query:
     KIND: ClassVar[str] = "query"
     ref: int = 0
@@ -157,7 +155,7 @@ class Query:
     target: str = ""
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Resync:
     KIND: ClassVar[str] = "resync"
     ref: int = 0
@@ -165,7 +163,7 @@ class Resync:
     last: bool = False
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     KIND: ClassVar[str] = "request"
     ref: int = 0
@@ -176,7 +174,7 @@ class Request:
     data: bytes = b"null"
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HelloAck:
     KIND: ClassVar[str] = "hello_ack"
     ref: int = 0
@@ -185,7 +183,7 @@ class HelloAck:
     heartbeat_interval_ms: int = 0
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     KIND: ClassVar[str] = "reply"
     ref: int = 0
@@ -199,14 +197,14 @@ class Reply:
     gateways: int = 0
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class MemberUpdate:
     KIND: ClassVar[str] = "member_update"
     joins: tuple[SocketRooms, ...] = ()
     leaves: tuple[SocketRooms, ...] = ()
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Deliver:
     KIND: ClassVar[str] = "deliver"
     rooms: tuple[str, ...] = ()
@@ -217,39 +215,39 @@ class Deliver:
     accepted_ns: int = 0
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RouterBeat:
     KIND: ClassVar[str] = "router_beat"
     epoch: str = ""
 
 
-@_msg
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reset:
     KIND: ClassVar[str] = "reset"
     epoch: str = ""
 
 
-Message = Union[
-    Hello,
-    Heartbeat,
-    SocketOpen,
-    SocketClose,
-    Membership,
-    LeaveAll,
-    CopyMembers,
-    Publish,
-    Query,
-    Resync,
-    Request,
-    HelloAck,
-    Reply,
-    MemberUpdate,
-    Deliver,
-    RouterBeat,
-    Reset,
-]
+Message = (
+    Hello
+    | Heartbeat
+    | SocketOpen
+    | SocketClose
+    | Membership
+    | LeaveAll
+    | CopyMembers
+    | Publish
+    | Query
+    | Resync
+    | Request
+    | HelloAck
+    | Reply
+    | MemberUpdate
+    | Deliver
+    | RouterBeat
+    | Reset
+)
 
-_TYPES: tuple[type, ...] = Message.__args__  # type: ignore[attr-defined]
+_TYPES: tuple[type[Message], ...] = Message.__args__
 
 # Per message type, how each field converts: "s" scalar, "l" list of scalars, "r" list of
 # SocketRooms, or an enum class. Computed once so encode/decode stay loops over tuples.
@@ -273,7 +271,7 @@ def _plan(cls: type) -> tuple[tuple[str, object], ...]:
     return tuple(plan)
 
 
-_PLANS: dict[str, tuple[type, tuple[tuple[str, object], ...]]] = {
+_PLANS: dict[str, tuple[type[Message], tuple[tuple[str, object], ...]]] = {
     cls.KIND: (cls, _plan(cls)) for cls in _TYPES
 }
 
@@ -308,7 +306,7 @@ def decode(data: bytes) -> Message:
         raise WireError("frame carries no message")
     cls, plan = _PLANS[kind]
     sub = getattr(frame, kind)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     for name, how in plan:
         value = getattr(sub, name)
         if how is _LIST:
@@ -322,7 +320,7 @@ def decode(data: bytes) -> Message:
                 kwargs[name] = how(value)  # type: ignore[operator]
             except ValueError:
                 raise WireError(f"unknown {name} {value}") from None
-    return cls(**kwargs)  # type: ignore[no-any-return]
+    return cls(**kwargs)
 
 
 def gateway_topic(gateway_id: str) -> bytes:

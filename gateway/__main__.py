@@ -1,0 +1,130 @@
+"""``python -m gateway``: parse flags (and ROOMCAST_* env), serve, print READY, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from prometheus_client import CollectorRegistry
+
+from gateway.app import Gateway, make_internal_app, make_public_app
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
+from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.zmqio import new_context
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("roomcast.gateway")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
+    d = GatewayConfig()
+    p = EnvArgumentParser(prog="roomcast gateway", description="Run a roomcast gateway.")
+    p.add_argument("--router", default=d.router, help="router commands address to connect")
+    p.add_argument("--fanout", default=d.fanout, help="router fanout address to connect")
+    p.add_argument("--gateway-id", default="", help="stable id (default: random per process)")
+    p.add_argument("--host", default=d.host, help="public bind host")
+    p.add_argument("--port", type=int, default=d.port, help="public port (0: free)")
+    p.add_argument("--internal-host", default=d.internal_host, help="internal bind host")
+    p.add_argument("--internal-port", type=int, default=d.internal_port, help="metrics/API port")
+    p.add_argument("--env", choices=("production", "development"), default=d.env)
+    p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
+    p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
+    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
+    p.add_argument("--router-timeout", type=float, default=d.router_timeout_s, help="seconds")
+    p.add_argument(
+        "--router-unavailable-close",
+        type=float,
+        default=d.router_unavailable_close_s,
+        help="close clients with 4002 after the router is gone this long (seconds)",
+    )
+    p.add_argument("--command-timeout", type=float, default=d.command_timeout_s, help="seconds")
+    p.add_argument("--ping-interval", type=float, default=d.ping_interval_s, help="seconds")
+    p.add_argument("--ping-timeout", type=float, default=d.ping_timeout_s, help="seconds")
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    config = GatewayConfig(
+        router=a.router,
+        fanout=a.fanout,
+        gateway_id=a.gateway_id,
+        host=a.host,
+        port=a.port,
+        internal_host=a.internal_host,
+        internal_port=a.internal_port,
+        env=a.env,
+        max_send_queue_bytes=a.max_send_queue_bytes,
+        max_frame_bytes=a.max_frame_bytes,
+        heartbeat_interval_s=a.heartbeat_interval,
+        router_timeout_s=a.router_timeout,
+        router_unavailable_close_s=a.router_unavailable_close,
+        command_timeout_s=a.command_timeout,
+        ping_interval_s=a.ping_interval,
+        ping_timeout_s=a.ping_timeout,
+        drain_timeout_s=a.drain_timeout,
+    )
+    return config, a.log_level
+
+
+def _listen(app: tornado.web.Application, host: str, port: int) -> tuple[Any, int]:
+    sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+async def serve(config: GatewayConfig) -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    ctx = new_context()
+    gateway = Gateway(config, metrics, ctx)
+    gateway.start()
+    public, port = _listen(make_public_app(gateway), config.host, config.port)
+    internal, internal_port = _listen(
+        make_internal_app(gateway, registry), config.internal_host, config.internal_port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # READY means "serving and linked to the router": wait (bounded by SIGTERM) for the link.
+    while not gateway.ready and not stop.is_set():
+        await asyncio.sleep(0.01)
+    print_ready(
+        {
+            "public": f"http://{config.host}:{port}",
+            "internal": f"http://{config.internal_host}:{internal_port}",
+        }
+    )
+    log.info("gateway %s serving on %s:%d", gateway.upstream.node_id, config.host, port)
+    await stop.wait()
+    started = time.monotonic()
+    log.info("draining %d connections", len(gateway.conns))
+    public.stop()
+    await gateway.drain()
+    internal.stop()
+    await gateway.stop()
+    ctx.term()
+    log.info("drained in %.2fs", time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, level = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

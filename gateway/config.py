@@ -1,0 +1,38 @@
+"""Gateway configuration: explicit, grouped, unit-named, frozen. Read from flags in __main__."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["GatewayConfig"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    # Router link
+    router: str = "tcp://127.0.0.1:5570"
+    fanout: str = "tcp://127.0.0.1:5571"
+    gateway_id: str = ""  # empty: random
+    heartbeat_interval_s: float = 1.0
+    router_timeout_s: float = 5.0  # no RouterBeat this long: router unavailable, not ready
+    router_unavailable_close_s: float = 30.0  # then clients are closed with 4002
+    hello_retry_s: float = 0.25
+    command_timeout_s: float = 10.0
+    resync_batch_sockets: int = 500
+    # Public and internal HTTP
+    host: str = "127.0.0.1"
+    port: int = 8080
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 8081
+    env: str = "production"  # "development" allows client join/leave/broadcast
+    # Limits
+    max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
+    max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0  # Tornado requires it below the interval
+    # Shutdown
+    drain_timeout_s: float = 10.0
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"

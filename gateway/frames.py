@@ -1,0 +1,36 @@
+"""Server-to-client WebSocket frames (RFC 6455 §5.2), built once and written as bytes.
+
+Pure: a delivery is framed once per protocol and the same bytes are queued for every recipient,
+so the per-socket cost is a list append. Server frames are never masked and we never negotiate
+compression, so RSV bits stay zero.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["close_frame", "text_frame"]
+
+_OP_TEXT = 0x1
+_OP_CLOSE = 0x8
+_FIN = 0x80
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        header = bytes((_FIN | opcode, n))
+    elif n < 1 << 16:
+        header = struct.pack(">BBH", _FIN | opcode, 126, n)
+    else:
+        header = struct.pack(">BBQ", _FIN | opcode, 127, n)
+    return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented text frame carrying ``payload`` (UTF-8 JSON)."""
+    return _frame(_OP_TEXT, payload)
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return _frame(_OP_CLOSE, struct.pack(">H", code) + reason.encode()[:123])

@@ -1,0 +1,87 @@
+"""Gateway metrics, declared once against an injected registry (``roomcast_gateway_*``).
+
+Labels come from small fixed sets (close reasons, error codes, ops); never a room, socket or
+user. The delivery path counts per router batch, not per recipient.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["GatewayMetrics"]
+
+_NS, _SUB = "roomcast", "gateway"
+# Hops on one host take tens of microseconds to a few milliseconds.
+_FAST_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, namespace=_NS, subsystem=_SUB, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, namespace=_NS, subsystem=_SUB, registry=registry)
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(
+                name,
+                doc,
+                labels,
+                namespace=_NS,
+                subsystem=_SUB,
+                registry=registry,
+                buckets=_FAST_BUCKETS,
+            )
+
+        self.connections = gauge("connections", "Open client connections.")
+        self.connections_opened = counter("connections_opened_total", "Client connections opened.")
+        self.disconnects = counter(
+            "disconnects_total",
+            "Client connections closed, by reason (client, slow_consumer, frame_too_big, "
+            "going_away, router_unavailable, error).",
+            ("reason",),
+        )
+        self.frames_in = counter("frames_in_total", "Frames received from clients.")
+        self.client_errors = counter(
+            "client_errors_total", "Client frames answered with an error, by code.", ("code",)
+        )
+        self.deliveries = counter("deliveries_total", "Deliver messages received from the router.")
+        self.messages_out = counter("messages_out_total", "Frames queued to clients.")
+        self.bytes_out = counter("bytes_out_total", "Bytes written to clients.")
+        self.writes = counter("writes_total", "Socket writes to clients (each carries 1+ frames).")
+        self.dropped = counter(
+            "dropped_total", "Frames dropped before reaching a client, by reason.", ("reason",)
+        )
+        self.lost = counter(
+            "lost_total", "Messages from the router missing in the sequence (then resync)."
+        )
+        self.wire_errors = counter("wire_errors_total", "Undecodable messages from the router.")
+        self.resyncs = counter("resyncs_total", "Completed resyncs with the router.")
+        self.router_timeouts = counter(
+            "router_timeouts_total", "Router heartbeats missed for longer than the timeout."
+        )
+        self.commands_dropped = counter(
+            "commands_dropped_total", "Commands that could not be sent to the router."
+        )
+        self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
+        self.delivery_latency = histogram(
+            "delivery_latency_seconds", "Router accept to frames queued for clients."
+        )
+        self.command_duration = histogram(
+            "command_duration_seconds", "Client op round trip through the router, by op.", ("op",)
+        )

@@ -1,0 +1,159 @@
+"""The plain ``/ws`` JSON protocol (contract: DESIGN.md §4), as a pure codec.
+
+``parse`` turns one inbound text frame into an op or raises :class:`FrameError` carrying the
+client's ``ref`` (when usable) and a typed error; the ``encode_*`` functions build outbound
+payloads. No I/O, no clock: the Tornado handler feeds frames in and writes what comes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from roomcast.core.errors import BadRequest, RoomcastError
+from roomcast.core.rooms import as_room_list
+
+__all__ = [
+    "BroadcastOp",
+    "FrameError",
+    "MembershipOp",
+    "Op",
+    "RequestOp",
+    "dumps",
+    "encode_error",
+    "encode_event",
+    "encode_raw_reply",
+    "encode_reply",
+    "encode_welcome",
+    "parse",
+]
+
+Ref = int | str
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
+
+
+def dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MembershipOp:
+    ref: Ref
+    rooms: list[str]
+    leave: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BroadcastOp:
+    ref: Ref | None
+    rooms: list[str]
+    event: str
+    data: bytes  # JSON, re-encoded by us (never the client's raw bytes)
+    echo: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestOp:
+    ref: Ref
+    method: str
+    url: str
+    data: bytes
+    headers: bytes
+
+
+Op = MembershipOp | BroadcastOp | RequestOp
+
+
+class FrameError(Exception):
+    """A frame we reject: reply to ``ref`` if usable, else send an ``error`` op."""
+
+    def __init__(self, ref: Ref | None, error: RoomcastError) -> None:
+        super().__init__(error.message)
+        self.ref = ref
+        self.error = error
+
+
+def _ref(frame: dict[str, Any]) -> Ref | None:
+    ref = frame.get("ref")
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        return None
+    return ref
+
+
+def parse(text: str) -> Op:
+    """Parse one client frame."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise FrameError(None, BadRequest("frame is not valid json")) from None
+    if not isinstance(frame, dict):
+        raise FrameError(None, BadRequest("frame must be a json object"))
+    ref = _ref(frame)
+    try:
+        return _parse_op(frame, ref)
+    except RoomcastError as err:
+        raise FrameError(ref, err) from None
+
+
+def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
+    op = frame.get("op")
+    if op == "broadcast":
+        event = frame.get("event", "message")
+        if not isinstance(event, str) or not event:
+            raise BadRequest("event must be a non-empty string")
+        echo = frame.get("echo", False)
+        if not isinstance(echo, bool):
+            raise BadRequest("echo must be a boolean")
+        return BroadcastOp(
+            ref, as_room_list(frame.get("rooms")), event, dumps(frame.get("data")), echo
+        )
+    if op not in ("join", "leave", "request"):
+        raise BadRequest(f"unknown op {op!r}" if isinstance(op, str) else "missing op")
+    if ref is None:
+        raise BadRequest(f"{op} needs a ref (integer or string)")
+    if op == "request":
+        method = frame.get("method", "GET")
+        url = frame.get("url")
+        headers = frame.get("headers", {})
+        if not isinstance(method, str) or method.upper() not in _METHODS:
+            raise BadRequest("method must be one of " + ", ".join(sorted(_METHODS)))
+        if not isinstance(url, str) or not url.startswith("/"):
+            raise BadRequest("url must be a path starting with /")
+        if not isinstance(headers, dict):
+            raise BadRequest("headers must be an object")
+        return RequestOp(ref, method.upper(), url, dumps(frame.get("data")), dumps(headers))
+    rooms = frame.get("room", frame.get("rooms"))
+    return MembershipOp(ref, as_room_list(rooms), op == "leave")
+
+
+def encode_welcome(socket: str) -> bytes:
+    return dumps({"op": "welcome", "socket": socket})
+
+
+def encode_reply(ref: Ref, status: int, body: object = None) -> bytes:
+    return dumps({"op": "reply", "ref": ref, "statusCode": status, "body": body, "headers": {}})
+
+
+def encode_raw_reply(ref: Ref, status: int, body_json: bytes, headers_json: bytes) -> bytes:
+    """A reply whose body and headers are already JSON (action responses)."""
+    return (
+        b'{"op":"reply","ref":'
+        + dumps(ref)
+        + b',"statusCode":'
+        + str(int(status)).encode()
+        + b',"body":'
+        + (body_json or b"null")
+        + b',"headers":'
+        + (headers_json or b"{}")
+        + b"}"
+    )
+
+
+def encode_error(status: int, body: object) -> bytes:
+    return dumps({"op": "error", "statusCode": status, "body": body})
+
+
+def encode_event(event: str, data_json: bytes) -> bytes:
+    """A push; ``data_json`` is the publisher's JSON, spliced in without re-parsing."""
+    return b'{"op":"event","event":' + dumps(event) + b',"data":' + data_json + b"}"

@@ -1,0 +1,262 @@
+"""The gateway's link to the router: DEALER for commands up, SUB for everything down.
+
+A small state machine: ``hello`` (say Hello every ``hello_retry_s`` until the ack for the latest
+Hello arrives on our topic: subscriptions take a moment to propagate) -> ``resync`` (replay local
+membership in batches) -> ``ready``. A new router epoch, a ``Reset``, a sequence gap or silence
+longer than ``router_timeout_s`` sends the link back to ``hello``; commands in flight then fail
+with ``RouterUnavailable`` (never replayed: the DEALER uses ``IMMEDIATE`` so nothing queues
+towards a dead router either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import zmq
+
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
+from roomcast.core import wire
+from roomcast.core.errors import RouterUnavailable, Timeout, WireError, error_from_reply
+from roomcast.zmqio import Batch, BatchReader
+
+__all__ = ["Upstream", "UpstreamHandler"]
+
+log = logging.getLogger("roomcast.gateway.upstream")
+
+_GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
+
+
+class UpstreamHandler(Protocol):
+    def on_deliver(self, msg: wire.Deliver) -> None: ...
+    def on_member_update(self, msg: wire.MemberUpdate) -> None: ...
+    def on_batch_end(self) -> None: ...
+    def on_link(self, ready: bool) -> None: ...
+    def resync_state(self) -> Iterable[tuple[str, Iterable[str]]]: ...
+
+
+class Upstream:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        metrics: GatewayMetrics,
+        handler: UpstreamHandler,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.handler = handler
+        self.node_id = config.gateway_id or secrets.token_hex(6)
+        self.state = "hello"
+        self.epoch = ""
+        self.link_lost_at = time.monotonic()
+        self._last_beat = 0.0
+        self._hello_ref = 0
+        self._resync_ref = 0
+        self._expected_seq = 0
+        self._next_ref = 0
+        self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+        self._dealer = ctx.socket(zmq.DEALER)
+        self._dealer.setsockopt(zmq.ROUTING_ID, _GATEWAY_ID_PREFIX + self.node_id.encode())
+        self._dealer.setsockopt(zmq.IMMEDIATE, 1)
+        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer.setsockopt(zmq.SNDHWM, 200_000)
+        self._sub = ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RCVHWM, 200_000)
+        self._sub.setsockopt(zmq.SUBSCRIBE, wire.gateway_topic(self.node_id))
+        self._sub.setsockopt(zmq.SUBSCRIBE, wire.CLUSTER_TOPIC)
+        self._topic = wire.gateway_topic(self.node_id)
+        self._reader = BatchReader(self._sub, self._on_batch)
+        # The DEALER receives nothing (replies come on our topic) but must be drained anyway.
+        self._dealer_reader = BatchReader(self._dealer, lambda batch: None)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sub.connect(self.config.fanout)
+        self._dealer.connect(self.config.router)
+        self._reader.start()
+        self._dealer_reader.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._hello_loop()), loop.create_task(self._beat_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._reader.stop()
+        self._dealer_reader.stop()
+        self._fail_pending()
+        self._dealer.close()
+        self._sub.close()
+
+    # --- commands --------------------------------------------------------------------------
+
+    def new_ref(self) -> int:
+        self._next_ref += 1
+        return self._next_ref
+
+    def send(self, msg: wire.Message) -> None:
+        """Fire-and-forget command; raises RouterUnavailable if it cannot leave now."""
+        try:
+            self._dealer.send(wire.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.metrics.commands_dropped.inc()
+            raise RouterUnavailable("router unavailable") from None
+        self._dealer_reader.kick()
+
+    async def call(self, make: Callable[[int], wire.Message]) -> wire.Reply:
+        """Send a command built with a fresh ref and wait for the router's reply."""
+        if self.state != "ready":
+            raise RouterUnavailable("router unavailable")
+        ref = self.new_ref()
+        fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = fut
+        try:
+            self.send(make(ref))
+            reply = await asyncio.wait_for(fut, self.config.command_timeout_s)
+        except TimeoutError:
+            raise Timeout("router did not answer in time") from None
+        finally:
+            self._pending.pop(ref, None)
+        if reply.status >= 400:
+            raise error_from_reply(reply.status, reply.error, reply.message)
+        return reply
+
+    # --- the stream from the router --------------------------------------------------------
+
+    def _on_batch(self, batch: Batch) -> None:
+        now = time.monotonic()
+        for parts in batch:
+            try:
+                topic, seq_frame, body = wire.split_frames(parts)
+                msg = wire.decode(body)
+                self._on_message(topic, seq_frame, msg, now)
+            except WireError:
+                self.metrics.wire_errors.inc()
+        self.handler.on_batch_end()
+
+    def _on_message(self, topic: bytes, seq_frame: bytes, msg: wire.Message, now: float) -> None:
+        if isinstance(msg, wire.RouterBeat):
+            self._last_beat = now
+            if self.state != "hello" and msg.epoch != self.epoch:
+                log.warning("router epoch changed (%s -> %s): resyncing", self.epoch, msg.epoch)
+                self._restart("new router epoch")
+            return
+        if topic != self._topic:
+            return
+        if isinstance(msg, wire.Reset):
+            if self.state != "hello":
+                self._restart("router reset")
+            return
+        seq = wire.unpack_seq(seq_frame)
+        if self.state == "hello":
+            if isinstance(msg, wire.HelloAck) and msg.ref == self._hello_ref:
+                self._accept(msg, seq, now)
+            return
+        if seq != self._expected_seq:
+            if seq < self._expected_seq:
+                return  # a duplicate from before our last Hello
+            self.metrics.lost.inc(seq - self._expected_seq)
+            log.warning("lost %d messages from the router: resyncing", seq - self._expected_seq)
+            self._restart("sequence gap")
+            return
+        self._expected_seq = seq + 1
+        if isinstance(msg, wire.Deliver):
+            self.handler.on_deliver(msg)
+        elif isinstance(msg, wire.MemberUpdate):
+            self.handler.on_member_update(msg)
+        elif isinstance(msg, wire.Reply):
+            self._on_reply(msg)
+
+    def _on_reply(self, reply: wire.Reply) -> None:
+        if reply.ref == self._resync_ref and self.state == "resync":
+            self.state = "ready"
+            self.metrics.resyncs.inc()
+            log.info("resynced with router epoch %s", self.epoch)
+            self.handler.on_link(True)
+            return
+        fut = self._pending.pop(reply.ref, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    def _accept(self, ack: wire.HelloAck, seq: int, now: float) -> None:
+        self.epoch = ack.epoch
+        self._expected_seq = seq + 1
+        self._last_beat = now
+        self.state = "resync"
+        batch: list[wire.SocketRooms] = []
+        size = self.config.resync_batch_sockets
+        for sid, rooms in self.handler.resync_state():
+            batch.append(wire.SocketRooms(socket=sid, rooms=tuple(r for r in rooms if r != sid)))
+            if len(batch) >= size:
+                self._send_quiet(wire.Resync(sockets=tuple(batch)))
+                batch = []
+        self._resync_ref = self.new_ref()
+        self._send_quiet(wire.Resync(ref=self._resync_ref, sockets=tuple(batch), last=True))
+
+    def _send_quiet(self, msg: wire.Message) -> None:
+        try:
+            self.send(msg)
+        except RouterUnavailable:
+            self._restart("router went away during resync")
+
+    def _restart(self, why: str) -> None:
+        was_ready = self.state == "ready"
+        if self.state != "hello":
+            self.link_lost_at = time.monotonic()
+        self.state = "hello"
+        self._fail_pending()
+        if was_ready:
+            log.info("router link down (%s)", why)
+            self.handler.on_link(False)
+        self._say_hello()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(RouterUnavailable("router link reset"))
+
+    def _say_hello(self) -> None:
+        self._hello_ref = self.new_ref()
+        msg = wire.Hello(ref=self._hello_ref, node_id=self.node_id, role=wire.Role.GATEWAY)
+        try:
+            self.send(msg)
+        except RouterUnavailable:
+            pass  # retried by the hello loop
+
+    # --- timers ----------------------------------------------------------------------------
+
+    async def _hello_loop(self) -> None:
+        while True:
+            if self.state == "hello":
+                self._say_hello()
+            await asyncio.sleep(self.config.hello_retry_s)
+
+    async def _beat_loop(self) -> None:
+        beat = wire.Heartbeat(node_id=self.node_id)
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            if self.state == "hello":
+                continue
+            if time.monotonic() - self._last_beat > self.config.router_timeout_s:
+                self.metrics.router_timeouts.inc()
+                log.warning("no router heartbeat for %.1fs", self.config.router_timeout_s)
+                self._restart("router silent")
+                continue
+            try:
+                self.send(beat)
+            except RouterUnavailable:
+                pass

@@ -1,0 +1,91 @@
+"""``python -m router``: parse flags (and ROOMCAST_* env), serve, print READY, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import tornado.httpserver
+import tornado.netutil
+from prometheus_client import CollectorRegistry
+
+from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.zmqio import new_context
+from router.http import make_app
+from router.metrics import RouterMetrics
+from router.server import Router, RouterConfig
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, str]:
+    parser = EnvArgumentParser(prog="roomcast router", description="Run the roomcast router.")
+    parser.add_argument("--commands", default="tcp://127.0.0.1:5570", help="ROUTER bind address")
+    parser.add_argument("--fanout", default="tcp://127.0.0.1:5571", help="PUB bind address")
+    parser.add_argument("--http-host", default="127.0.0.1", help="health/metrics bind host")
+    parser.add_argument("--http-port", type=int, default=5572, help="health/metrics port (0: free)")
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds")
+    parser.add_argument(
+        "--gateway-timeout", type=float, default=5.0, help="expire a silent gateway (seconds)"
+    )
+    parser.add_argument("--max-rooms-per-socket", type=int, default=1000)
+    parser.add_argument(
+        "--fanout-hwm", type=int, default=200_000, help="messages queued per gateway before drops"
+    )
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    config = RouterConfig(
+        commands=args.commands,
+        fanout=args.fanout,
+        heartbeat_interval_s=args.heartbeat_interval,
+        gateway_timeout_s=args.gateway_timeout,
+        max_rooms_per_socket=args.max_rooms_per_socket,
+        fanout_hwm_messages=args.fanout_hwm,
+        drain_timeout_s=args.drain_timeout,
+    )
+    return config, args.http_host, args.http_port, args.log_level
+
+
+async def serve(config: RouterConfig, http_host: str, http_port: int) -> None:
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    ctx = new_context()
+    router = Router(config, metrics, ctx)
+    router.start()
+    server = tornado.httpserver.HTTPServer(make_app(registry, lambda: router.serving))
+    [sock] = tornado.netutil.bind_sockets(http_port, http_host)
+    server.add_sockets([sock])
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print_ready(
+        {
+            "commands": router.commands_endpoint,
+            "fanout": router.fanout_endpoint,
+            "http": f"http://{http_host}:{port}",
+        }
+    )
+    await stop.wait()
+    logging.getLogger("roomcast.router").info("draining")
+    server.stop()
+    await router.stop()
+    ctx.term()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, http_host, http_port, level = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(serve(config, http_host, http_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Router metrics, declared once against an injected registry (``roomcast_router_*``).
+
+No label ever carries a room, socket or gateway id: label values come from small fixed sets
+(command kinds, error codes, drop reasons). Hot paths count per batch, not per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["RouterMetrics"]
+
+_NS, _SUB = "roomcast", "router"
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, namespace=_NS, subsystem=_SUB, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, namespace=_NS, subsystem=_SUB, registry=registry)
+
+        self.commands = counter("commands_total", "Commands received, by kind.", ("kind",))
+        self.command_errors = counter(
+            "command_errors_total", "Commands answered with an error, by code.", ("code",)
+        )
+        self.wire_errors = counter(
+            "wire_errors_total", "Undecodable or misframed messages from peers (dropped)."
+        )
+        self.refused_peers = counter(
+            "refused_peers_total", "Hellos refused for an incompatible protocol version."
+        )
+        self.publishes = counter("publishes_total", "Broadcasts and blasts accepted.")
+        self.deliveries = counter(
+            "deliveries_total", "Deliver messages handed to gateways (one per gateway per publish)."
+        )
+        self.fanout_bytes = counter("fanout_bytes_total", "Bytes published to gateways.")
+        self.fanout_dropped = counter(
+            "fanout_dropped_total",
+            "Messages to gateways dropped at the ZeroMQ high-water mark (gateways see a gap).",
+        )
+        self.gateway_expired = counter(
+            "gateway_expired_total", "Gateways expired after missed heartbeats."
+        )
+        self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
+        self.gateways = gauge("gateways", "Live gateways.")
+        self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")
+        self.rooms = gauge("rooms", "Non-empty rooms, own-id rooms included.")
+        self.memberships = gauge("memberships", "Socket-room pairs, own-id rooms included.")
+        self.batch_size = Histogram(
+            "batch_messages",
+            "Commands drained per loop wake-up.",
+            namespace=_NS,
+            subsystem=_SUB,
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        self.up = gauge("up", "1 while the router serves.")
+
+    def bind_topology(
+        self,
+        stats: Callable[[], tuple[int, int, int]],
+        memberships: Callable[[], int],
+    ) -> None:
+        """Gauges read at scrape time, so the hot path never updates them."""
+        self.gateways.set_function(lambda: stats()[0])
+        self.sockets.set_function(lambda: stats()[1])
+        self.rooms.set_function(lambda: stats()[2])
+        self.memberships.set_function(memberships)

@@ -1,0 +1,375 @@
+"""The router's ZeroMQ shell: receives commands, applies them to the topology, fans out.
+
+Owns the ROUTER (commands) and XPUB (fanout) sockets, the per-gateway sequence numbers, gateway
+liveness and the epoch. All decisions about membership come from
+:class:`roomcast.core.topology.Topology`; this module only moves messages and keeps time.
+
+Replies to a gateway travel on that gateway's topic (after any ``MemberUpdate`` they confirm);
+replies to SDK clients and workers go back over the ROUTER socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+import zmq
+
+from roomcast.core import wire
+from roomcast.core.errors import BadRequest, InternalError, NoWorker, RoomcastError, WireError
+from roomcast.core.rooms import validate_room, validate_rooms
+from roomcast.core.topology import Changes, Topology
+from roomcast.zmqio import Batch, BatchReader
+from router.metrics import RouterMetrics
+
+__all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
+
+log = logging.getLogger("roomcast.router")
+
+# Gateways set their DEALER routing id to this prefix + their id, so the router knows which
+# gateway (and topic) a command came from even when it has forgotten that gateway.
+GATEWAY_ID_PREFIX = b"gw:"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    # Endpoints (port 0 picks a free port; READY reports the real one)
+    commands: str = "tcp://127.0.0.1:5570"
+    fanout: str = "tcp://127.0.0.1:5571"
+    # Liveness
+    heartbeat_interval_s: float = 1.0
+    gateway_timeout_s: float = 5.0
+    # Limits
+    max_rooms_per_socket: int = 1000
+    fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
+    commands_hwm_messages: int = 200_000
+    # Shutdown
+    drain_timeout_s: float = 10.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Gateway:
+    topic: bytes
+    seq: int = 0
+    last_seen: float = 0.0
+
+
+def _bind(sock: zmq.Socket[bytes], url: str) -> str:
+    if url.endswith(":0"):
+        url = url[:-2] + ":*"
+    sock.bind(url)
+    endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
+    return endpoint.decode()
+
+
+class Router:
+    def __init__(
+        self, config: RouterConfig, metrics: RouterMetrics, ctx: zmq.Context[zmq.Socket[bytes]]
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.epoch = secrets.token_hex(8)
+        self.topology = Topology(max_rooms_per_socket=config.max_rooms_per_socket)
+        self._gateways: dict[str, _Gateway] = {}
+        self._commands = ctx.socket(zmq.ROUTER)
+        self._commands.setsockopt(zmq.LINGER, 0)
+        self._commands.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._commands.setsockopt(zmq.RCVHWM, config.commands_hwm_messages)
+        self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
+        self._fanout = ctx.socket(zmq.XPUB)
+        self._fanout.setsockopt(zmq.LINGER, int(config.drain_timeout_s * 1000))
+        self._fanout.setsockopt(zmq.SNDHWM, config.fanout_hwm_messages)
+        # Without NODROP a full pipe drops silently; with it the send fails and we can count it.
+        self._fanout.setsockopt(zmq.XPUB_NODROP, 1)
+        self.commands_endpoint = _bind(self._commands, config.commands)
+        self.fanout_endpoint = _bind(self._fanout, config.fanout)
+        self._readers = [
+            BatchReader(self._commands, self._on_commands),
+            BatchReader(self._fanout, _ignore_subscriptions),
+        ]
+        self._beat_task: asyncio.Task[None] | None = None
+        self.serving = False
+        metrics.bind_topology(self.topology.stats, self.topology.memberships)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for reader in self._readers:
+            reader.start()
+        self._beat_task = asyncio.get_running_loop().create_task(self._beat())
+        self.serving = True
+        self.metrics.up.set(1)
+        log.info(
+            "router epoch %s: commands %s, fanout %s",
+            self.epoch,
+            self.commands_endpoint,
+            self.fanout_endpoint,
+        )
+
+    async def stop(self) -> None:
+        self.serving = False
+        self.metrics.up.set(0)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+        for reader in self._readers:
+            reader.stop()
+        self._commands.close()
+        # Linger (bounded by the drain timeout) flushes what is queued for gateways.
+        self._fanout.close()
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _on_commands(self, batch: Batch) -> None:
+        kinds: Tally[str] = Tally()
+        now = time.monotonic()
+        for parts in batch:
+            if len(parts) != 2:
+                self.metrics.wire_errors.inc()
+                continue
+            identity, body = parts
+            try:
+                msg = wire.decode(body)
+            except WireError:
+                self.metrics.wire_errors.inc()
+                continue
+            kinds[msg.KIND] += 1
+            self._handle(identity, msg, now)
+        self.metrics.batch_size.observe(len(batch))
+        for kind, n in kinds.items():
+            self.metrics.commands.labels(kind).inc(n)
+
+    def _handle(self, identity: bytes, msg: wire.Message, now: float) -> None:
+        gateway = _gateway_of(identity)
+        if gateway is not None and not isinstance(msg, wire.Hello):
+            link = self._gateways.get(gateway)
+            if link is None:
+                self._reset(gateway)
+                return
+            link.last_seen = now
+        try:
+            self._dispatch(identity, gateway, msg, now)
+        except RoomcastError as err:
+            self._fail(identity, gateway, msg, err)
+        except Exception:  # a bug of ours: answer 500, keep serving everyone else
+            log.exception("command %s failed", msg.KIND)
+            self._fail(identity, gateway, msg, InternalError("internal error"))
+
+    def _fail(
+        self, identity: bytes, gateway: str | None, msg: wire.Message, err: RoomcastError
+    ) -> None:
+        self.metrics.command_errors.labels(err.code).inc()
+        ref = getattr(msg, "ref", 0)
+        if ref:
+            self._reply(identity, gateway, _error_reply(ref, err))
+
+    def _dispatch(
+        self, identity: bytes, gateway: str | None, msg: wire.Message, now: float
+    ) -> None:
+        topo = self.topology
+        if isinstance(msg, wire.Publish):
+            self._publish(identity, gateway, msg)
+        elif isinstance(msg, wire.Membership):
+            self._apply(
+                identity, gateway, msg.ref, topo.change(msg.sockets, msg.rooms, leave=msg.leave)
+            )
+        elif isinstance(msg, wire.SocketOpen):
+            if gateway is None:
+                raise BadRequest("only gateways open sockets")
+            topo.open_sockets(gateway, msg.sockets)
+            self._reply(identity, gateway, wire.Reply(ref=msg.ref))
+        elif isinstance(msg, wire.SocketClose):
+            if gateway is not None:
+                topo.close_sockets(gateway, msg.sockets)
+        elif isinstance(msg, wire.Heartbeat):
+            pass  # liveness already recorded in _handle
+        elif isinstance(msg, wire.Query):
+            self._reply(identity, gateway, self._query(msg))
+        elif isinstance(msg, wire.LeaveAll):
+            self._apply(identity, gateway, msg.ref, topo.leave_all(msg.room))
+        elif isinstance(msg, wire.CopyMembers):
+            validate_rooms(msg.rooms)
+            changes = topo.copy_members(msg.source, msg.rooms, remove=msg.remove)
+            self._apply(identity, gateway, msg.ref, changes)
+        elif isinstance(msg, wire.Resync):
+            if gateway is None:
+                raise BadRequest("only gateways resync")
+            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets))
+            if msg.last:
+                log.info("gateway %s resynced", gateway)
+                self._reply(identity, gateway, wire.Reply(ref=msg.ref))
+        elif isinstance(msg, wire.Hello):
+            self._hello(identity, gateway, msg, now)
+        elif isinstance(msg, wire.Request):
+            raise NoWorker("no action worker serves this request")
+        else:
+            raise BadRequest(f"unexpected {msg.KIND} command")
+
+    def _hello(self, identity: bytes, gateway: str | None, msg: wire.Hello, now: float) -> None:
+        if msg.protocol_version != wire.PROTOCOL_VERSION:
+            self.metrics.refused_peers.inc()
+            log.warning(
+                "refusing %s %r: protocol version %d, router speaks %d",
+                msg.role.name.lower(),
+                msg.node_id,
+                msg.protocol_version,
+                wire.PROTOCOL_VERSION,
+            )
+            raise BadRequest(
+                f"protocol version {msg.protocol_version} is not supported "
+                f"(router speaks {wire.PROTOCOL_VERSION})"
+            )
+        ack = wire.HelloAck(
+            ref=msg.ref,
+            epoch=self.epoch,
+            heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
+        )
+        if gateway is None:
+            self._commands.send_multipart((identity, wire.encode(ack)), zmq.NOBLOCK)
+            return
+        dropped = self.topology.add_gateway(gateway)
+        known = gateway in self._gateways
+        self._gateways[gateway] = _Gateway(wire.gateway_topic(gateway), 0, now)
+        log.info(
+            "gateway %s hello (%s, %d sockets dropped until its resync)",
+            gateway,
+            "known" if known else "new",
+            dropped,
+        )
+        self._reply(identity, gateway, ack)
+
+    def _query(self, msg: wire.Query) -> wire.Reply:
+        topo = self.topology
+        if msg.kind is wire.QueryKind.COUNT:
+            return wire.Reply(ref=msg.ref, count=topo.count(validate_room(msg.target)))
+        if msg.kind is wire.QueryKind.MEMBERS:
+            return wire.Reply(ref=msg.ref, names=tuple(topo.members(validate_room(msg.target))))
+        if msg.kind is wire.QueryKind.ROOMS:
+            return wire.Reply(ref=msg.ref, names=tuple(topo.rooms_of(msg.target)))
+        raise BadRequest("unknown query kind")
+
+    def _apply(self, identity: bytes, gateway: str | None, ref: int, changes: Changes) -> None:
+        """Send each affected gateway its MemberUpdate, then acknowledge the caller."""
+        for gw, change in changes.items():
+            update = wire.MemberUpdate(
+                joins=tuple(
+                    wire.SocketRooms(socket=s, rooms=tuple(r)) for s, r in change.joins.items()
+                ),
+                leaves=tuple(
+                    wire.SocketRooms(socket=s, rooms=tuple(r)) for s, r in change.leaves.items()
+                ),
+            )
+            self._to_gateway(gw, wire.encode(update))
+        if ref:
+            self._reply(identity, gateway, wire.Reply(ref=ref))
+
+    def _publish(self, identity: bytes, gateway: str | None, msg: wire.Publish) -> None:
+        if msg.everyone:
+            targets: Iterable[str] = list(self._gateways)
+        else:
+            if not msg.rooms:
+                raise BadRequest("broadcast needs at least one room")
+            validate_rooms(msg.rooms)
+            targets = self.topology.route(msg.rooms)
+        body = wire.encode(
+            wire.Deliver(
+                rooms=msg.rooms,
+                everyone=msg.everyone,
+                event=msg.event,
+                data=msg.data,
+                omit=msg.omit,
+                accepted_ns=time.time_ns(),
+            )
+        )
+        sent = 0
+        for gw in targets:
+            if self._to_gateway(gw, body):
+                sent += 1
+        self.metrics.publishes.inc()
+        self.metrics.deliveries.inc(sent)
+        self.metrics.fanout_bytes.inc(sent * len(body))
+        if msg.ref:
+            self._reply(identity, gateway, wire.Reply(ref=msg.ref, gateways=sent))
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _to_gateway(self, gateway: str, body: bytes) -> bool:
+        link = self._gateways.get(gateway)
+        if link is None:
+            return False
+        # The sequence advances even when the send fails, so the gateway sees the gap.
+        link.seq += 1
+        try:
+            self._fanout.send_multipart((link.topic, wire.pack_seq(link.seq), body), zmq.NOBLOCK)
+        except zmq.Again:
+            self.metrics.fanout_dropped.inc()
+            return False
+        return True
+
+    def _reply(self, identity: bytes, gateway: str | None, msg: wire.Message) -> None:
+        body = wire.encode(msg)
+        if gateway is not None:
+            self._to_gateway(gateway, body)
+            return
+        try:
+            self._commands.send_multipart((identity, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # ROUTER drops replies to peers that went away or are over their HWM.
+            self.metrics.command_errors.labels("reply_dropped").inc()
+
+    def _reset(self, gateway: str) -> None:
+        """Tell a gateway we do not know it (expired, or we restarted): it must resync."""
+        self.metrics.resets.inc()
+        body = wire.encode(wire.Reset(epoch=self.epoch))
+        try:
+            self._fanout.send_multipart((wire.gateway_topic(gateway), b"", body), zmq.NOBLOCK)
+        except zmq.Again:
+            self.metrics.fanout_dropped.inc()
+
+    # --- timers ----------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        beat = wire.encode(wire.RouterBeat(epoch=self.epoch))
+        while True:
+            try:
+                self._fanout.send_multipart((wire.CLUSTER_TOPIC, b"", beat), zmq.NOBLOCK)
+            except zmq.Again:
+                self.metrics.fanout_dropped.inc()
+            self._expire(time.monotonic())
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    def _expire(self, now: float) -> None:
+        limit = self.config.gateway_timeout_s
+        for gateway, link in list(self._gateways.items()):
+            if now - link.last_seen > limit:
+                del self._gateways[gateway]
+                dropped = self.topology.drop_gateway(gateway)
+                self.metrics.gateway_expired.inc()
+                log.warning(
+                    "gateway %s expired after %.1fs without heartbeat (%d sockets removed)",
+                    gateway,
+                    now - link.last_seen,
+                    dropped,
+                )
+
+
+def _gateway_of(identity: bytes) -> str | None:
+    if not identity.startswith(GATEWAY_ID_PREFIX):
+        return None
+    try:
+        gateway = identity[len(GATEWAY_ID_PREFIX) :].decode()
+    except UnicodeDecodeError:
+        return None
+    return gateway if gateway and "\x00" not in gateway else None
+
+
+def _error_reply(ref: int, err: RoomcastError) -> wire.Reply:
+    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message)
+
+
+def _ignore_subscriptions(batch: Batch) -> None:
+    """XPUB hands us subscription frames; gateways announce themselves with Hello instead."""
