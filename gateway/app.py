@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import secrets
 import time
 from collections.abc import Coroutine, Iterable
@@ -393,10 +394,19 @@ def _health_routes(gateway: Gateway) -> list[Any]:
     ]
 
 
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+
+
 def make_public_app(gateway: Gateway) -> tornado.web.Application:
     config = gateway.config
+    routes: list[Any] = [(r"/ws", WsHandler, {"gateway": gateway}), *_health_routes(gateway)]
+    if config.development:
+        # The demo chat; production gateways serve only protocol endpoints.
+        static = {"path": str(STATIC_DIR), "default_filename": "plain.html"}
+        routes += [(r"/()", tornado.web.StaticFileHandler, static)]
+        routes += [(r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)})]
     return tornado.web.Application(
-        [(r"/ws", WsHandler, {"gateway": gateway}), *_health_routes(gateway)],
+        routes,
         websocket_max_message_size=config.max_frame_bytes,
         websocket_ping_interval=config.ping_interval_s,
         websocket_ping_timeout=config.ping_timeout_s,

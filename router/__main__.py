@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
     parser.add_argument(
         "--fanout-hwm", type=int, default=200_000, help="messages queued per gateway before drops"
     )
+    parser.add_argument(
+        "--worker-timeout", type=float, default=5.0, help="expire a silent action worker (seconds)"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=30.0, help="answer 504 after (seconds)"
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -44,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         gateway_timeout_s=args.gateway_timeout,
         max_rooms_per_socket=args.max_rooms_per_socket,
         fanout_hwm_messages=args.fanout_hwm,
+        worker_timeout_s=args.worker_timeout,
+        request_timeout_s=args.request_timeout,
         drain_timeout_s=args.drain_timeout,
     )
     return config, args.http_host, args.http_port, args.log_level

@@ -46,6 +46,15 @@ class RouterMetrics:
             "gateway_expired_total", "Gateways expired after missed heartbeats."
         )
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
+        self.requests_forwarded = counter(
+            "requests_forwarded_total", "Virtual requests forwarded to action workers."
+        )
+        self.requests_answered = counter(
+            "requests_answered_total",
+            "Virtual requests answered, by status class (2xx..5xx, timeout).",
+            ("status",),
+        )
+        self.worker_expired = counter("worker_expired_total", "Action workers expired.")
         self.gateways = gauge("gateways", "Live gateways.")
         self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")
         self.rooms = gauge("rooms", "Non-empty rooms, own-id rooms included.")
@@ -59,6 +68,12 @@ class RouterMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
         self.up = gauge("up", "1 while the router serves.")
+        self.workers = gauge("workers", "Live action workers.")
+        self.requests_in_flight = gauge("requests_in_flight", "Virtual requests awaiting a worker.")
+
+    def bind_workers(self, workers: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        self.workers.set_function(workers)
+        self.requests_in_flight.set_function(in_flight)
 
     def bind_topology(
         self,

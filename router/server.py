@@ -21,11 +21,19 @@ from collections.abc import Iterable
 import zmq
 
 from roomcast.core import wire
-from roomcast.core.errors import BadRequest, InternalError, NoWorker, RoomcastError, WireError
+from roomcast.core.errors import (
+    BadRequest,
+    InternalError,
+    NoWorker,
+    RoomcastError,
+    Timeout,
+    WireError,
+)
 from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.zmqio import Batch, BatchReader
 from router.metrics import RouterMetrics
+from router.workers import Origin, WorkerPool
 
 __all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
 
@@ -48,6 +56,9 @@ class RouterConfig:
     max_rooms_per_socket: int = 1000
     fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
     commands_hwm_messages: int = 200_000
+    # Action workers
+    worker_timeout_s: float = 5.0  # silent this long: no longer sent requests
+    request_timeout_s: float = 30.0  # then the asker gets 504
     # Shutdown
     drain_timeout_s: float = 10.0
 
@@ -76,6 +87,7 @@ class Router:
         self.epoch = secrets.token_hex(8)
         self.topology = Topology(max_rooms_per_socket=config.max_rooms_per_socket)
         self._gateways: dict[str, _Gateway] = {}
+        self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
         self._commands = ctx.socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.LINGER, 0)
         self._commands.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -95,6 +107,7 @@ class Router:
         self._beat_task: asyncio.Task[None] | None = None
         self.serving = False
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
+        metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -151,6 +164,8 @@ class Router:
                 self._reset(gateway)
                 return
             link.last_seen = now
+        elif gateway is None and isinstance(msg, (wire.Heartbeat, wire.Reply)):
+            self.workers.seen(identity, now)
         try:
             self._dispatch(identity, gateway, msg, now)
         except RoomcastError as err:
@@ -205,7 +220,9 @@ class Router:
         elif isinstance(msg, wire.Hello):
             self._hello(identity, gateway, msg, now)
         elif isinstance(msg, wire.Request):
-            raise NoWorker("no action worker serves this request")
+            self._forward_request(identity, gateway, msg, now)
+        elif isinstance(msg, wire.Reply):
+            self._answer_request(msg)
         else:
             raise BadRequest(f"unexpected {msg.KIND} command")
 
@@ -229,7 +246,10 @@ class Router:
             heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
         )
         if gateway is None:
-            self._commands.send_multipart((identity, wire.encode(ack)), zmq.NOBLOCK)
+            if msg.role is wire.Role.WORKER:
+                self.workers.add(identity, now)
+                log.info("worker %s hello (%d workers)", msg.node_id, len(self.workers))
+            self._reply(identity, None, ack)
             return
         dropped = self.topology.add_gateway(gateway)
         known = gateway in self._gateways
@@ -295,6 +315,32 @@ class Router:
         if msg.ref:
             self._reply(identity, gateway, wire.Reply(ref=msg.ref, gateways=sent))
 
+    def _forward_request(
+        self, identity: bytes, gateway: str | None, msg: wire.Request, now: float
+    ) -> None:
+        if not msg.ref:
+            raise BadRequest("a request needs a ref")
+        picked = self.workers.forward(
+            identity, gateway, msg.ref, now, self.config.request_timeout_s
+        )
+        if picked is None:
+            raise NoWorker("no action worker is connected")
+        worker, router_ref = picked
+        forwarded = dataclasses.replace(msg, ref=router_ref)
+        try:
+            self._commands.send_multipart((worker, wire.encode(forwarded)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.workers.answer(router_ref)
+            raise NoWorker("action worker unreachable") from None
+        self.metrics.requests_forwarded.inc()
+
+    def _answer_request(self, reply: wire.Reply) -> None:
+        origin = self.workers.answer(reply.ref)
+        if origin is None:
+            return  # answered after its deadline: the asker already got 504
+        self.metrics.requests_answered.labels(_status_class(reply.status)).inc()
+        self._reply(origin.identity, origin.gateway, dataclasses.replace(reply, ref=origin.ref))
+
     # --- sending ---------------------------------------------------------------------------
 
     def _to_gateway(self, gateway: str, body: bytes) -> bool:
@@ -339,7 +385,9 @@ class Router:
                 self._fanout.send_multipart((wire.CLUSTER_TOPIC, b"", beat), zmq.NOBLOCK)
             except zmq.Again:
                 self.metrics.fanout_dropped.inc()
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            self._expire_workers(now)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     def _expire(self, now: float) -> None:
@@ -355,6 +403,24 @@ class Router:
                     now - link.last_seen,
                     dropped,
                 )
+
+    def _expire_workers(self, now: float) -> None:
+        dead, late = self.workers.expire(now)
+        for _ in dead:
+            self.metrics.worker_expired.inc()
+        if dead:
+            log.warning("%d action workers expired after missed heartbeats", len(dead))
+        for origin in late:
+            self._late(origin)
+
+    def _late(self, origin: Origin) -> None:
+        self.metrics.requests_answered.labels("timeout").inc()
+        err = Timeout("the action did not answer in time")
+        self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "invalid"
 
 
 def _gateway_of(identity: bytes) -> str | None:
