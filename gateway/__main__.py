@@ -14,8 +14,9 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway, make_internal_app, make_public_app
+from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
+from gateway.hub import Gateway
 from gateway.metrics import GatewayMetrics
 from roomcast.flags import EnvArgumentParser, print_ready
 from roomcast.zmqio import new_context
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         help="close clients with 4002 after the router is gone this long (seconds)",
     )
     p.add_argument("--command-timeout", type=float, default=d.command_timeout_s, help="seconds")
+    p.add_argument(
+        "--sio-ping-interval", type=float, default=d.sio_ping_interval_s, help="Engine.IO (s)"
+    )
+    p.add_argument(
+        "--sio-ping-timeout", type=float, default=d.sio_ping_timeout_s, help="Engine.IO (s)"
+    )
     p.add_argument("--ping-interval", type=float, default=d.ping_interval_s, help="seconds")
     p.add_argument("--ping-timeout", type=float, default=d.ping_timeout_s, help="seconds")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds")
@@ -67,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         router_timeout_s=a.router_timeout,
         router_unavailable_close_s=a.router_unavailable_close,
         command_timeout_s=a.command_timeout,
+        sio_ping_interval_s=a.sio_ping_interval,
+        sio_ping_timeout_s=a.sio_ping_timeout,
         ping_interval_s=a.ping_interval,
         ping_timeout_s=a.ping_timeout,
         drain_timeout_s=a.drain_timeout,

@@ -28,7 +28,9 @@ class GatewayConfig:
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
-    ping_interval_s: float = 25.0
+    sio_ping_interval_s: float = 25.0  # Engine.IO heartbeats (Sails' defaults)
+    sio_ping_timeout_s: float = 60.0
+    ping_interval_s: float = 25.0  # WebSocket-level pings on every connection
     ping_timeout_s: float = 20.0  # Tornado requires it below the interval
     # Shutdown
     drain_timeout_s: float = 10.0

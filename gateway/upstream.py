@@ -130,7 +130,8 @@ class Upstream:
             raise Timeout("router did not answer in time") from None
         finally:
             self._pending.pop(ref, None)
-        if reply.status >= 400:
+        # An error code marks a roomcast error; an action's own 4xx/5xx response has none.
+        if reply.error:
             raise error_from_reply(reply.status, reply.error, reply.message)
         return reply
 

@@ -1,0 +1,216 @@
+"""The gateway's delivery hub: connections, local membership, and the router link's handler.
+
+Receives the router's stream through :class:`gateway.upstream.Upstream`, frames each delivery
+once per client protocol (never per socket) and queues the same bytes for every recipient; at
+the end of each router batch it writes every dirty connection's queue in one stream write.
+Client ops from any protocol run through :meth:`Gateway.run_op`, so /ws and /socket.io/ share
+the router commands, the room policy and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from gateway.config import GatewayConfig
+from gateway.membership import LocalRooms
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import Upstream
+from roomcast.core import wire
+from roomcast.core.closecodes import CloseCode
+from roomcast.core.errors import Forbidden, RoomcastError
+
+if TYPE_CHECKING:
+    from gateway.connection import Connection
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("roomcast.gateway")
+
+
+class Gateway:
+    def __init__(
+        self, config: GatewayConfig, metrics: GatewayMetrics, ctx: zmq.Context[zmq.Socket[bytes]]
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.local = LocalRooms()
+        self.conns: dict[str, Connection] = {}
+        self.draining = False
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.upstream = Upstream(config, ctx, metrics, self)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self.tickers: list[Callable[[float], None]] = []  # per-second protocol timers
+
+    @property
+    def ready(self) -> bool:
+        return self.upstream.ready and not self.draining
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.upstream.start()
+        self._timers = [self._loop.create_task(self._tick())]
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        await self.upstream.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a task, holding a reference until it is done (the loop keeps only weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- connections -----------------------------------------------------------------------
+
+    def attach(self, conn: Connection) -> None:
+        self.conns[conn.sid] = conn
+        self.local.add_socket(conn.sid)
+        self.metrics.connections.inc()
+        self.metrics.connections_opened.inc()
+        if self.upstream.ready:
+            self.spawn(self._register((conn,)))
+
+    def detach(self, conn: Connection, reason: str) -> None:
+        if self.conns.pop(conn.sid, None) is None:
+            return
+        self.local.remove_socket(conn.sid)
+        self.metrics.connections.dec()
+        self.metrics.disconnects.labels(reason).inc()
+        if self.upstream.ready:
+            try:
+                self.upstream.send(wire.SocketClose(sockets=(conn.sid,)))
+            except RoomcastError:
+                pass  # the router learns on the next resync
+
+    async def _register(self, conns: Iterable[Connection]) -> None:
+        pending = [c for c in conns if not c.registered]
+        if not pending:
+            return
+        ids = tuple(c.sid for c in pending)
+        started = time.perf_counter()
+        try:
+            await self.upstream.call(lambda ref: wire.SocketOpen(ref=ref, sockets=ids))
+        except RoomcastError:
+            return  # link reset: registered again when it is back (on_link)
+        self.metrics.command_duration.labels("open").observe(time.perf_counter() - started)
+        for conn in pending:
+            if conn.sid in self.conns:
+                conn.on_registered()
+
+    # --- client ops ------------------------------------------------------------------------
+
+    async def run_op(self, name: str, make: Callable[[int], wire.Message]) -> wire.Reply:
+        """Send a client's command to the router (room policy first) and time it."""
+        if name in ("join", "leave", "broadcast") and not self.config.development:
+            raise Forbidden("client room operations are not allowed by the room policy")
+        started = time.perf_counter()
+        reply = await self.upstream.call(make)
+        self.metrics.command_duration.labels(name).observe(time.perf_counter() - started)
+        return reply
+
+    def count_error(self, err: RoomcastError) -> None:
+        self.metrics.client_errors.labels(err.code).inc()
+
+    # --- the router stream (UpstreamHandler) -----------------------------------------------
+
+    def on_deliver(self, msg: wire.Deliver) -> None:
+        self.metrics.deliveries.inc()
+        if msg.everyone:
+            targets: Iterable[str] = self.conns.keys() - set(msg.omit) if msg.omit else self.conns
+        else:
+            targets = self.local.targets(msg.rooms, msg.omit)
+        # One frame per client protocol, built on first use and shared by every recipient.
+        frames: dict[type, bytes] = {}
+        conns = self.conns
+        sent = 0
+        for sid in targets:
+            conn = conns.get(sid)
+            if conn is None or not conn.welcomed:
+                continue
+            kind = type(conn)
+            frame = frames.get(kind)
+            if frame is None:
+                frame = frames[kind] = conn.event_frame(msg.event, msg.data)
+            conn.push(frame)
+            sent += 1
+        if sent:
+            self.metrics.messages_out.inc(sent)
+        if msg.accepted_ns:
+            latency = (time.time_ns() - msg.accepted_ns) / 1e9
+            self.metrics.delivery_latency.observe(max(0.0, latency))
+
+    def on_member_update(self, msg: wire.MemberUpdate) -> None:
+        for item in msg.joins:
+            self.local.join(item.socket, item.rooms)
+        for item in msg.leaves:
+            self.local.leave(item.socket, item.rooms)
+
+    def on_batch_end(self) -> None:
+        self.flush()
+
+    def on_link(self, ready: bool) -> None:
+        self.metrics.router_link.set(1 if ready else 0)
+        if ready:
+            self.spawn(self._register(list(self.conns.values())))
+
+    def resync_state(self) -> Iterable[tuple[str, Iterable[str]]]:
+        return [(sid, set(self.local.rooms_of(sid))) for sid in self.local.sockets()]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        writes = 0
+        nbytes = 0
+        for conn in dirty:
+            n = conn.write_queued()
+            if n:
+                writes += 1
+                nbytes += n
+        if writes:
+            self.metrics.writes.inc(writes)
+            self.metrics.bytes_out.inc(nbytes)
+
+    # --- timers ----------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        limit = self.config.router_unavailable_close_s
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for ticker in self.tickers:
+                ticker(now)
+            if self.upstream.ready or not self.conns:
+                continue
+            if now - self.upstream.link_lost_at > limit:
+                log.warning(
+                    "router unavailable for %.0fs: closing %d connections", limit, len(self.conns)
+                )
+                for conn in list(self.conns.values()):
+                    conn.disconnect(CloseCode.ROUTER_UNAVAILABLE, "router_unavailable")
+
+    async def drain(self) -> None:
+        """Tell every client to reconnect elsewhere, then wait (bounded) for them to go."""
+        self.draining = True
+        for conn in list(self.conns.values()):
+            conn.disconnect(CloseCode.GOING_AWAY, "going_away")
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.conns and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)

@@ -1,0 +1,86 @@
+"""``/ws``: the plain JSON WebSocket protocol (DESIGN.md §4) on top of :class:`Connection`."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway import plainws
+from gateway.connection import Connection
+from gateway.frames import text_frame
+from roomcast.core import wire
+from roomcast.core.errors import BadRequest, InternalError, RoomcastError
+
+__all__ = ["PlainHandler"]
+
+log = logging.getLogger("roomcast.gateway")
+
+
+class PlainHandler(Connection):
+    def event_frame(self, event: str, data_json: bytes) -> bytes:
+        return text_frame(plainws.encode_event(event, data_json))
+
+    def on_registered(self) -> None:
+        super().on_registered()
+        self.welcomed = True
+        self.send_payload(plainws.encode_welcome(self.sid))
+
+    def report_error(self, ref: object, err: RoomcastError) -> None:
+        if isinstance(ref, (int, str)):
+            self.send_payload(plainws.encode_reply(ref, err.status, err.as_body()))
+        else:
+            self.send_payload(plainws.encode_error(err.status, err.as_body()))
+
+    def on_message(self, message: str | bytes) -> None:
+        self.gateway.metrics.frames_in.inc()
+        if isinstance(message, bytes):
+            self.fail(None, BadRequest("binary frames are not supported"))
+            return
+        try:
+            op = plainws.parse(message)
+        except plainws.FrameError as exc:
+            self.fail(exc.ref, exc.error)
+            return
+        self.gateway.spawn(self._run(op))
+
+    async def _run(self, op: plainws.Op) -> None:
+        sid = self.sid
+        run = self.gateway.run_op
+        try:
+            if isinstance(op, plainws.BroadcastOp):
+                omit = () if op.echo else (sid,)
+                await run(
+                    "broadcast",
+                    lambda ref: wire.Publish(
+                        ref=ref, rooms=tuple(op.rooms), event=op.event, data=op.data, omit=omit
+                    ),
+                )
+                if op.ref is not None:
+                    self.send_payload(plainws.encode_reply(op.ref, 200, {}))
+            elif isinstance(op, plainws.MembershipOp):
+                await run(
+                    "leave" if op.leave else "join",
+                    lambda ref: wire.Membership(
+                        ref=ref, leave=op.leave, sockets=(sid,), rooms=tuple(op.rooms)
+                    ),
+                )
+                self.send_payload(plainws.encode_reply(op.ref, 200, {}))
+            else:
+                reply = await run(
+                    "request",
+                    lambda ref: wire.Request(
+                        ref=ref,
+                        socket=sid,
+                        method=op.method,
+                        url=op.url,
+                        headers=op.headers,
+                        data=op.data,
+                    ),
+                )
+                self.send_payload(
+                    plainws.encode_raw_reply(op.ref, reply.status, reply.body, reply.headers)
+                )
+        except RoomcastError as err:
+            self.fail(op.ref, err)
+        except Exception:
+            log.exception("client op failed")
+            self.fail(op.ref, InternalError("internal error"))

@@ -1,0 +1,219 @@
+"""``/socket.io/``: Socket.IO over WebSocket (EIO 3 and 4) for sails.io.js and socket.io-client.
+
+Engine.IO ``open`` goes out at once; the Socket.IO namespace connect (our "welcome") only once
+the router registered the socket, so the socket id is usable cluster-wide by then. Virtual
+requests (events named by an HTTP method) become router ``Request`` commands and are answered
+through the ack with a JWR. Packets that do not parse close the connection with 1008 (what a
+Socket.IO server does: drop the client), after an Engine.IO/Socket.IO disconnect notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import tornado.web
+
+from gateway import sails, socketio
+from gateway.connection import Connection
+from gateway.frames import text_frame
+from gateway.plainws import dumps
+from roomcast.core import wire
+from roomcast.core.closecodes import CloseCode
+from roomcast.core.errors import BadRequest, InternalError, RoomcastError
+
+__all__ = ["GetCookieHandler", "SioHandler", "sio_ticker"]
+
+log = logging.getLogger("roomcast.gateway")
+
+
+class SioHandler(Connection):
+    def initialize(self, gateway: Any) -> None:
+        super().initialize(gateway)
+        self.eio = 4
+        self.sdk_ok = False
+        self.ns_requested = False  # EIO4: the client sent CONNECT for "/"
+        self.last_seen = time.monotonic()
+        self.ping_sent_at: float | None = None
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # Engine.IO answers plain HTTP (polling) with 400 "Transport unknown"; we serve only
+        # the websocket transport, as Sails does by default.
+        eio = self.get_query_argument("EIO", "")
+        transport = self.get_query_argument("transport", "")
+        upgrade = self.request.headers.get("Upgrade", "").lower() == "websocket"
+        if transport != "websocket" or not upgrade:
+            self._http_error(0, "Transport unknown")
+            return
+        if eio not in ("3", "4"):
+            self._http_error(5, "Unsupported protocol version")
+            return
+        self.eio = int(eio)
+        self.sdk_ok = sails.sdk_version_ok(self.get_query_argument("__sails_io_sdk_version", None))
+        await super().get(*args, **kwargs)
+
+    def _http_error(self, code: int, message: str) -> None:
+        self.gateway.metrics.client_errors.labels("transport").inc()
+        self.set_status(400)
+        self.set_header("Content-Type", "application/json")
+        self.finish({"code": code, "message": message})
+
+    # --- Connection hooks ------------------------------------------------------------------
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        config = self.gateway.config
+        self.send_payload(
+            socketio.encode_open(
+                self.sid,
+                ping_interval_ms=int(config.sio_ping_interval_s * 1000),
+                ping_timeout_ms=int(config.sio_ping_timeout_s * 1000),
+                max_payload=config.max_frame_bytes,
+            )
+        )
+        super().open(*args, **kwargs)
+
+    def event_frame(self, event: str, data_json: bytes) -> bytes:
+        return text_frame(socketio.encode_event(event, data_json))
+
+    def on_registered(self) -> None:
+        super().on_registered()
+        if self.eio == 3 or self.ns_requested:
+            self._connect_namespace()
+
+    def _connect_namespace(self) -> None:
+        if not self.welcomed:
+            self.welcomed = True
+            self.send_payload(socketio.encode_connect(self.eio, self.sid))
+
+    def goodbye(self) -> None:
+        self.send_payload(socketio.SIO_DISCONNECT)
+
+    def report_error(self, ref: object, err: RoomcastError) -> None:
+        body = dumps(err.as_body())
+        if isinstance(ref, int):
+            self._ack(ref, sails.encode_jwr(err.status, body, b"{}"))
+        else:
+            self.send_payload(socketio.encode_event("sails:parseError", body))
+
+    def _ack(self, ack: int, jwr: bytes) -> None:
+        self.send_payload(socketio.encode_ack(ack, jwr))
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    def on_message(self, message: str | bytes) -> None:
+        self.gateway.metrics.frames_in.inc()
+        self.last_seen = time.monotonic()
+        if isinstance(message, bytes):
+            self._malformed("binary frames are not supported")
+            return
+        try:
+            packet = socketio.parse(message)
+        except socketio.PacketError as exc:
+            self._malformed(str(exc))
+            return
+        kind = packet.kind
+        if kind == "ping":  # EIO3: the client pings
+            self.send_payload(socketio.PONG + packet.data)
+        elif kind == "pong":
+            self.ping_sent_at = None
+        elif kind == "close" or kind == "disconnect":
+            self.close(1000)
+        elif kind == "connect":
+            if packet.namespace != "/":
+                self.send_payload(
+                    socketio.encode_connect_error(packet.namespace, "Invalid namespace")
+                )
+                return
+            self.ns_requested = True
+            if self.registered:
+                self._connect_namespace()
+        elif kind == "event":
+            self._on_event(packet)
+        # "noop" and client acks need nothing
+
+    def _malformed(self, why: str) -> None:
+        self.gateway.count_error(BadRequest(why))
+        self.disconnect(CloseCode.POLICY_VIOLATION, "malformed_packet")
+
+    def _on_event(self, packet: socketio.Packet) -> None:
+        event = packet.args[0]
+        if event not in sails.VIRTUAL_METHODS:
+            if packet.ack is not None:
+                self.fail(packet.ack, BadRequest(f"unknown event {event[:64]!r}"))
+            else:
+                self.gateway.count_error(BadRequest("unknown event"))
+            return
+        try:
+            if not self.welcomed:
+                raise BadRequest("namespace not connected")
+            if not self.sdk_ok:
+                raise BadRequest(
+                    "the handshake must carry __sails_io_sdk_version >= 0.11.0 "
+                    "(use the sails.io.js client, or add it to the connection query)"
+                )
+            request = sails.parse_virtual_request(event, packet.args[1:])
+        except RoomcastError as err:
+            self.fail(packet.ack, err)
+            return
+        self.gateway.spawn(self._request(packet.ack, request))
+
+    async def _request(self, ack: int | None, request: sails.VirtualRequest) -> None:
+        sid = self.sid
+        try:
+            reply = await self.gateway.run_op(
+                "request",
+                lambda ref: wire.Request(
+                    ref=ref,
+                    socket=sid,
+                    method=request.method,
+                    url=request.url,
+                    headers=request.headers,
+                    data=request.data,
+                ),
+            )
+        except RoomcastError as err:
+            self.fail(ack, err)
+            return
+        except Exception:
+            log.exception("virtual request failed")
+            self.fail(ack, InternalError("internal error"))
+            return
+        if ack is not None:
+            self._ack(ack, sails.encode_jwr(reply.status, reply.body, reply.headers))
+
+    # --- Engine.IO heartbeats (run by the hub once a second) -------------------------------
+
+    def tick(self, now: float) -> None:
+        config = self.gateway.config
+        if self.eio == 3:
+            # EIO3 clients ping every interval; silence past interval + timeout is a dead peer.
+            if now - self.last_seen > config.sio_ping_interval_s + config.sio_ping_timeout_s:
+                self.disconnect(CloseCode.GOING_AWAY, "ping_timeout")
+            return
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at > config.sio_ping_timeout_s:
+                self.disconnect(CloseCode.GOING_AWAY, "ping_timeout")
+        elif now - self.last_seen >= config.sio_ping_interval_s:
+            self.ping_sent_at = now
+            self.send_payload(socketio.PING)
+
+
+def sio_ticker(conns: dict[str, Connection]) -> Any:
+    """The hub's per-second callback that runs every Socket.IO connection's heartbeat."""
+
+    def tick(now: float) -> None:
+        for conn in list(conns.values()):
+            if isinstance(conn, SioHandler):
+                conn.tick(now)
+
+    return tick
+
+
+class GetCookieHandler(tornado.web.RequestHandler):
+    """``/__getcookie``: sails.io.js loads it as a script from other origins before connecting."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish("_sailsIoJSConnect();")
