@@ -26,7 +26,9 @@ def compile_proto() -> None:
         raise SystemExit("protoc failed on proto/roomcast.proto")
     for generated in OUT.glob("roomcast_pb2.py*"):
         text = generated.read_text()
-        generated.write_text(re.sub(r"^import roomcast_pb2", "from . import roomcast_pb2", text, flags=re.M))
+        generated.write_text(
+            re.sub(r"^import roomcast_pb2", "from . import roomcast_pb2", text, flags=re.M)
+        )
 
 
 class BuildWithProto(build_py):
