@@ -37,6 +37,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     p.add_argument("--internal-host", default=d.internal_host, help="internal bind host")
     p.add_argument("--internal-port", type=int, default=d.internal_port, help="metrics/API port")
     p.add_argument("--env", choices=("production", "development"), default=d.env)
+    p.add_argument(
+        "--connect-hook",
+        action="store_true",
+        help="ask the action workers' CONNECT / (beforeConnect) before welcoming a socket",
+    )
+    p.add_argument(
+        "--disconnect-hook",
+        action="store_true",
+        help="tell the action workers' DISCONNECT / (afterDisconnect) when a socket leaves",
+    )
     p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
@@ -68,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         internal_host=a.internal_host,
         internal_port=a.internal_port,
         env=a.env,
+        connect_hook=a.connect_hook,
+        disconnect_hook=a.disconnect_hook,
         max_send_queue_bytes=a.max_send_queue_bytes,
         max_frame_bytes=a.max_frame_bytes,
         heartbeat_interval_s=a.heartbeat_interval,

@@ -25,6 +25,9 @@ class GatewayConfig:
     internal_host: str = "127.0.0.1"
     internal_port: int = 8081
     env: str = "production"  # "development" allows client join/leave/broadcast
+    # Sails hooks served by action workers (CONNECT / and DISCONNECT / virtual requests)
+    connect_hook: bool = False
+    disconnect_hook: bool = False
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009

@@ -20,6 +20,7 @@ import zmq
 from gateway.config import GatewayConfig
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
+from gateway.plainws import dumps
 from gateway.upstream import Upstream
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["Gateway"]
 
 log = logging.getLogger("roomcast.gateway")
+
+# Handshake headers a connect hook sees (Sails' beforeConnect gets the handshake too).
+_HOOK_HEADERS = frozenset({"origin", "user-agent", "cookie", "authorization", "x-forwarded-for"})
 
 
 class Gateway:
@@ -83,6 +87,7 @@ class Gateway:
     def detach(self, conn: Connection, reason: str) -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
+        rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
         self.metrics.connections.dec()
         self.metrics.disconnects.labels(reason).inc()
@@ -91,6 +96,8 @@ class Gateway:
                 self.upstream.send(wire.SocketClose(sockets=(conn.sid,)))
             except RoomcastError:
                 pass  # the router learns on the next resync
+            if self.config.disconnect_hook and conn.registered:
+                self.spawn(self._after_disconnect(conn.sid, rooms))
 
     async def _register(self, conns: Iterable[Connection]) -> None:
         pending = [c for c in conns if not c.registered]
@@ -105,7 +112,54 @@ class Gateway:
         self.metrics.command_duration.labels("open").observe(time.perf_counter() - started)
         for conn in pending:
             if conn.sid in self.conns:
-                conn.on_registered()
+                if self.config.connect_hook:
+                    self.spawn(self._before_connect(conn))
+                else:
+                    conn.on_registered()
+
+    async def _before_connect(self, conn: Connection) -> None:
+        """Sails' beforeConnect as an action (``CONNECT /``): refuse with 1008 when it says no."""
+        request = conn.request
+        data = {
+            "query": {k: request.query_arguments[k][-1].decode() for k in request.query_arguments}
+        }
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() in _HOOK_HEADERS}
+        try:
+            reply = await self.run_op(
+                "connect",
+                lambda ref: wire.Request(
+                    ref=ref,
+                    socket=conn.sid,
+                    method="CONNECT",
+                    url="/",
+                    headers=dumps(headers),
+                    data=dumps(data),
+                ),
+            )
+        except RoomcastError as err:
+            log.warning("connect hook failed (%s): refusing socket", err.code)
+            conn.disconnect(CloseCode.INTERNAL_ERROR, "connect_hook_failed")
+            return
+        if reply.status >= 400 or reply.body.strip() == b"false":
+            conn.disconnect(CloseCode.POLICY_VIOLATION, "refused_by_connect_hook")
+        elif conn.sid in self.conns:
+            conn.on_registered()
+
+    async def _after_disconnect(self, sid: str, rooms: list[str]) -> None:
+        """Sails' afterDisconnect as an action (``DISCONNECT /``), told the rooms it was in."""
+        try:
+            await self.run_op(
+                "disconnect",
+                lambda ref: wire.Request(
+                    ref=ref,
+                    socket=sid,
+                    method="DISCONNECT",
+                    url="/",
+                    data=dumps({"rooms": rooms}),
+                ),
+            )
+        except RoomcastError as err:
+            log.debug("disconnect hook failed: %s", err.code)
 
     # --- client ops ------------------------------------------------------------------------
 

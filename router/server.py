@@ -91,6 +91,8 @@ class Router:
         self._commands = ctx.socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.LINGER, 0)
         self._commands.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Sends to a peer that is gone fail loudly instead of vanishing (then we can reroute).
+        self._commands.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._commands.setsockopt(zmq.RCVHWM, config.commands_hwm_messages)
         self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
         self._fanout = ctx.socket(zmq.XPUB)
@@ -320,19 +322,26 @@ class Router:
     ) -> None:
         if not msg.ref:
             raise BadRequest("a request needs a ref")
-        picked = self.workers.forward(
-            identity, gateway, msg.ref, now, self.config.request_timeout_s
-        )
-        if picked is None:
-            raise NoWorker("no action worker is connected")
-        worker, router_ref = picked
-        forwarded = dataclasses.replace(msg, ref=router_ref)
-        try:
-            self._commands.send_multipart((worker, wire.encode(forwarded)), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            self.workers.answer(router_ref)
-            raise NoWorker("action worker unreachable") from None
-        self.metrics.requests_forwarded.inc()
+        # A worker that vanished without expiring yet makes the send fail (ROUTER_MANDATORY):
+        # forget it and try the next one.
+        for _ in range(len(self.workers)):
+            picked = self.workers.forward(
+                identity, gateway, msg.ref, now, self.config.request_timeout_s
+            )
+            if picked is None:
+                break
+            worker, router_ref = picked
+            try:
+                self._commands.send_multipart(
+                    (worker, wire.encode(dataclasses.replace(msg, ref=router_ref))), zmq.NOBLOCK
+                )
+            except zmq.ZMQError:
+                self.workers.answer(router_ref)
+                self.workers.remove(worker)
+                continue
+            self.metrics.requests_forwarded.inc()
+            return
+        raise NoWorker("no action worker is connected")
 
     def _answer_request(self, reply: wire.Reply) -> None:
         origin = self.workers.answer(reply.ref)

@@ -49,6 +49,9 @@ class WorkerPool:
     def add(self, worker: bytes, now: float) -> None:
         self._last_seen[worker] = now
 
+    def remove(self, worker: bytes) -> None:
+        self._last_seen.pop(worker, None)
+
     def forward(
         self, identity: bytes, gateway: str | None, ref: int, now: float, request_timeout_s: float
     ) -> tuple[bytes, int] | None:

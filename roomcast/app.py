@@ -1,0 +1,104 @@
+"""Action apps: Sails-style actions answered by ``roomcast worker MODULE:APP`` processes.
+
+``app = App()``; ``@app.action("POST", "/chat/join")`` registers a handler (sync or async) that
+gets a :class:`roomcast.requests.Request` and returns a body, ``(status, body)``,
+``(status, body, headers)`` or a :class:`~roomcast.requests.Response`. Path parameters
+(``/user/:id``) land in ``req.params``; query-string arguments too (path parameters win).
+``@app.on_connect`` / ``@app.on_disconnect`` register Sails' ``beforeConnect`` /
+``afterDisconnect`` hooks, served as the virtual routes ``CONNECT /`` and ``DISCONNECT /``
+(gateways call them when started with ``--connect-hook`` / ``--disconnect-hook``).
+
+Pure: routing only; the worker shell (:mod:`roomcast.worker`) does the I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+from roomcast.core.errors import BadRequest
+
+__all__ = ["CONNECT", "DISCONNECT", "App", "Handler", "Match"]
+
+Handler: TypeAlias = Callable[[Any], Any | Awaitable[Any]]
+CONNECT, DISCONNECT = "CONNECT", "DISCONNECT"
+_METHODS = frozenset(
+    {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "*", CONNECT, DISCONNECT}
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Route:
+    method: str
+    segments: tuple[str, ...]
+    handler: Handler
+
+    def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
+        if self.method not in ("*", method) or len(segments) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, value in zip(self.segments, segments, strict=True):
+            if pattern.startswith(":"):
+                params[pattern[1:]] = urllib.parse.unquote(value)
+            elif pattern != value:
+                return None
+        return params
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Match:
+    handler: Handler
+    params: dict[str, str]
+    path: str
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.split("/") if s]
+
+
+class App:
+    """A set of actions, matched in registration order."""
+
+    def __init__(self) -> None:
+        self._routes: list[_Route] = []
+
+    def action(self, method: str, path: str) -> Callable[[Handler], Handler]:
+        method = method.upper()
+        if method not in _METHODS:
+            raise ValueError(f"unsupported method {method!r}")
+        if not path.startswith("/"):
+            raise ValueError("an action path starts with /")
+
+        def register(handler: Handler) -> Handler:
+            self._routes.append(_Route(method, tuple(_segments(path)), handler))
+            return handler
+
+        return register
+
+    def on_connect(self, handler: Handler) -> Handler:
+        """Sails' ``beforeConnect``: return False or a status >= 400 to refuse the socket."""
+        return self.action(CONNECT, "/")(handler)
+
+    def on_disconnect(self, handler: Handler) -> Handler:
+        """Sails' ``afterDisconnect``: runs after a socket went away (its result is ignored)."""
+        return self.action(DISCONNECT, "/")(handler)
+
+    def resolve(self, method: str, url: str) -> Match | None:
+        """The action for ``method url`` with its params, or None (404)."""
+        parts = urllib.parse.urlsplit(url)
+        if not parts.path.startswith("/"):
+            raise BadRequest("url must be a path starting with /")
+        segments = _segments(parts.path)
+        method = method.upper()
+        for route in self._routes:
+            params = route.match(method, segments)
+            if params is not None:
+                query = dict(urllib.parse.parse_qsl(parts.query))
+                return Match(route.handler, {**query, **params}, parts.path)
+        return None
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        return [(r.method, "/" + "/".join(r.segments)) for r in self._routes]
