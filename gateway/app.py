@@ -64,6 +64,9 @@ def make_public_app(gateway: Gateway) -> tornado.web.Application:
         page = {"path": str(STATIC_DIR), "default_filename": "index.html"}
         routes += [(r"/()", tornado.web.StaticFileHandler, page)]
         routes += [(r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)})]
+        # sails.io.js-dist, copied here from npm by scripts/bootstrap (not in git).
+        vendor = {"path": str(STATIC_DIR / "vendor")}
+        routes += [(r"/js/(.*)", tornado.web.StaticFileHandler, vendor)]
     return tornado.web.Application(
         routes,
         websocket_max_message_size=config.max_frame_bytes,

@@ -77,7 +77,11 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.queue.discard()
-        self.gateway.detach(self, self._close_reason or "client")
+        reason = self._close_reason
+        if reason is None or reason == "frame_too_big":
+            # Client-initiated, or Tornado's own 1009: not counted by disconnect().
+            self.gateway.count_disconnect(reason or "client")
+        self.gateway.detach(self)
 
     def disconnect(self, code: int, reason: str) -> None:
         """Server-initiated close with a documented code (the close frame follows queued data)."""
@@ -85,6 +89,9 @@ class Connection(tornado.websocket.WebSocketHandler):
             return
         self.goodbye()
         self._close_reason = reason
+        # Counted now, not when Tornado finally closes: a client that stops reading takes
+        # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
+        self.gateway.count_disconnect(reason)
         self.write_queued()
         self.close(code, reason.replace("_", " "))
 

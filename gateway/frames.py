@@ -33,4 +33,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return _frame(_OP_CLOSE, struct.pack(">H", code) + reason.encode()[:123])
+    # A control frame carries at most 125 bytes; cut the reason on a character boundary so it
+    # stays valid UTF-8 (RFC 6455 §5.5.1).
+    reason_bytes = reason.encode()[:123].decode(errors="ignore").encode()
+    return _frame(_OP_CLOSE, struct.pack(">H", code) + reason_bytes)

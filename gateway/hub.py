@@ -84,13 +84,15 @@ class Gateway:
         if self.upstream.ready:
             self.spawn(self._register((conn,)))
 
-    def detach(self, conn: Connection, reason: str) -> None:
+    def count_disconnect(self, reason: str) -> None:
+        self.metrics.disconnects.labels(reason).inc()
+
+    def detach(self, conn: Connection) -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
         self.metrics.connections.dec()
-        self.metrics.disconnects.labels(reason).inc()
         if self.upstream.ready:
             try:
                 self.upstream.send(wire.SocketClose(sockets=(conn.sid,)))

@@ -74,17 +74,32 @@ class FrameError(Exception):
         self.error = error
 
 
+def _not_json(constant: str) -> object:
+    raise ValueError("NaN and Infinity are not json")  # we would re-encode them as invalid json
+
+
+def _utf8(text: str) -> str:
+    """``text``, or UnicodeEncodeError if it holds a lone surrogate (a ``"\\ud800"`` escape)."""
+    text.encode()
+    return text
+
+
 def _ref(frame: dict[str, Any]) -> Ref | None:
     ref = frame.get("ref")
     if isinstance(ref, bool) or not isinstance(ref, (int, str)):
         return None
+    if isinstance(ref, str):
+        try:
+            ref.encode()
+        except UnicodeEncodeError:  # a lone surrogate: a reply could not echo it
+            return None
     return ref
 
 
 def parse(text: str) -> Op:
     """Parse one client frame."""
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise FrameError(None, BadRequest("frame is not valid json")) from None
     if not isinstance(frame, dict):
@@ -94,6 +109,8 @@ def parse(text: str) -> Op:
         return _parse_op(frame, ref)
     except RoomcastError as err:
         raise FrameError(ref, err) from None
+    except UnicodeEncodeError:
+        raise FrameError(ref, BadRequest("strings must be valid unicode")) from None
 
 
 def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
@@ -106,7 +123,7 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
         if not isinstance(echo, bool):
             raise BadRequest("echo must be a boolean")
         return BroadcastOp(
-            ref, as_room_list(frame.get("rooms")), event, dumps(frame.get("data")), echo
+            ref, as_room_list(frame.get("rooms")), _utf8(event), dumps(frame.get("data")), echo
         )
     if op not in ("join", "leave", "request"):
         raise BadRequest(f"unknown op {op!r}" if isinstance(op, str) else "missing op")
@@ -122,7 +139,7 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
             raise BadRequest("url must be a path starting with /")
         if not isinstance(headers, dict):
             raise BadRequest("headers must be an object")
-        return RequestOp(ref, method.upper(), url, dumps(frame.get("data")), dumps(headers))
+        return RequestOp(ref, method.upper(), _utf8(url), dumps(frame.get("data")), dumps(headers))
     rooms = frame.get("room", frame.get("rooms"))
     return MembershipOp(ref, as_room_list(rooms), op == "leave")
 

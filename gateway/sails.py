@@ -27,7 +27,8 @@ __all__ = [
 
 VIRTUAL_METHODS = frozenset({"get", "post", "put", "patch", "delete", "options", "head"})
 MIN_SDK_VERSION = (0, 11, 0)
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
+# ASCII digits only, and few enough that int() never hits its digit limit.
+_VERSION = re.compile(r"^([0-9]{1,9})\.([0-9]{1,9})\.([0-9]{1,9})")
 _STRIPPED = frozenset({"set-cookie"})
 
 
@@ -65,7 +66,11 @@ def parse_virtual_request(event: str, args: tuple[Any, ...]) -> VirtualRequest:
     headers = ctx.get("headers") or {}
     if not isinstance(headers, dict):
         raise BadRequest("headers must be an object")
-    return VirtualRequest(method.upper(), url, _dumps(ctx.get("data")), _dumps(headers))
+    try:
+        url.encode()
+        return VirtualRequest(method.upper(), url, _dumps(ctx.get("data")), _dumps(headers))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the json) cannot become utf-8
+        raise BadRequest("url, headers and data must be valid unicode") from None
 
 
 def strip_headers(headers_json: bytes) -> bytes:
@@ -74,7 +79,7 @@ def strip_headers(headers_json: bytes) -> bytes:
         return b"{}"
     try:
         headers = json.loads(headers_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         return b"{}"
     if not isinstance(headers, dict):
         return b"{}"

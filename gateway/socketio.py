@@ -64,6 +64,10 @@ class Packet:
     args: tuple[Any, ...] = ()  # event: (name, *args); connect: (auth,) if any
 
 
+def _not_json(constant: str) -> object:
+    raise ValueError("NaN and Infinity are not json")  # we would re-encode them as invalid json
+
+
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -98,14 +102,14 @@ def _parse_socket(text: str) -> Packet:
         end = rest.find(",")
         namespace, rest = (rest, "") if end < 0 else (rest[:end], rest[end + 1 :])
     digits = 0
-    while digits < len(rest) and rest[digits].isdigit() and digits < 16:
+    while digits < len(rest) and rest[digits] in "0123456789" and digits < 16:
         digits += 1
     ack = int(rest[:digits]) if digits else None
     rest = rest[digits:]
     payload: Any = None
     if rest:
         try:
-            payload = json.loads(rest)
+            payload = json.loads(rest, parse_constant=_not_json)
         except (ValueError, RecursionError):
             raise PacketError("packet payload is not valid json") from None
     if kind == _S_CONNECT:

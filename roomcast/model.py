@@ -138,4 +138,3 @@ class Model:
 
     async def publish_raw(self, ids: Any, payload: Any, req: SocketLike | None) -> None:
         await self.sockets.broadcast(self._rooms(ids), self.identity, payload, omit=req)
-

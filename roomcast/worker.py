@@ -1,0 +1,239 @@
+"""The action worker: serves an :class:`roomcast.app.App`'s actions to the cluster.
+
+A DEALER connection to the router announces the worker (``Hello`` with role WORKER, repeated
+every heartbeat interval so a restarted router learns of it again), receives routed
+``Request`` commands, runs the matching handler and answers with a ``Reply``. Handlers get a
+:class:`roomcast.requests.Request` whose ``cluster`` is a :class:`roomcast.Cluster` (async
+handlers) or :class:`roomcast.SyncCluster` (sync handlers, run in threads).
+
+Errors never leak: no action -> 404, handler exception -> 500 ``action_failed`` with no trace
+or exception text (the traceback goes to this process's log), handler past
+``handler_timeout_s`` -> 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from typing import Any
+
+import zmq
+
+from roomcast.app import App
+from roomcast.cluster import Cluster, encode_json
+from roomcast.core import wire
+from roomcast.core.errors import ActionFailed, NotFound, RoomcastError, Timeout, WireError
+from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.requests import Request, Response
+from roomcast.zmqio import Batch, BatchReader, new_context
+
+__all__ = ["Worker", "WorkerConfig", "load_app", "main", "normalize_result"]
+
+log = logging.getLogger("roomcast.worker")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    router: str = "tcp://127.0.0.1:5570"
+    heartbeat_interval_s: float = 1.0
+    handler_timeout_s: float = 25.0  # below the router's request timeout, so we answer first
+    max_concurrency: int = 64
+
+
+def normalize_result(result: Any) -> tuple[int, Any, dict[str, Any]]:
+    """A handler's return value as (status, body, headers)."""
+    if isinstance(result, Response):
+        return result.status, result.body, dict(result.headers)
+    if isinstance(result, tuple) and len(result) in (2, 3) and isinstance(result[0], int):
+        headers = result[2] if len(result) == 3 else {}
+        return result[0], result[1], dict(headers)
+    return 200, result, {}
+
+
+class Worker:
+    def __init__(self, app: App, config: WorkerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.node_id = "w-" + secrets.token_hex(5)
+        self._ctx = new_context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 1000)
+        self._reader = BatchReader(self._sock, self._on_batch)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.cluster = Cluster(config.router)
+        self._sync_cluster: Any = None
+        self.served = 0
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        self._sock.connect(self.config.router)
+        self._reader.start()
+        hello = wire.encode(wire.Hello(node_id=self.node_id, role=wire.Role.WORKER))
+        log.info(
+            "worker %s serving %d actions via %s",
+            self.node_id,
+            len(self.app.routes),
+            self.config.router,
+        )
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                self._send(hello)
+                try:
+                    await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.handler_timeout_s)
+        self._reader.stop()
+        self._sock.close()
+        await self.cluster.close()
+        if self._sync_cluster is not None:
+            await asyncio.to_thread(self._sync_cluster.close)
+        self._ctx.term()
+
+    def _send(self, body: bytes) -> None:
+        try:
+            self._sock.send(body, zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("router not reachable; will retry")
+        self._reader.kick()
+
+    def _on_batch(self, batch: Batch) -> None:
+        for parts in batch:
+            try:
+                msg = wire.decode(parts[-1])
+            except WireError:
+                log.warning("undecodable message from the router dropped")
+                continue
+            if isinstance(msg, wire.Request):
+                task = asyncio.ensure_future(self._serve(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: wire.Request) -> None:
+        async with self._slots:
+            reply = await self._answer(msg)
+        self.served += 1
+        self._send(wire.encode(reply))
+
+    async def _answer(self, msg: wire.Request) -> wire.Reply:
+        try:
+            match = self.app.resolve(msg.method, msg.url)
+            if match is None:
+                raise NotFound(f"no action for {msg.method} {msg.url.split('?')[0][:200]}")
+            is_async = inspect.iscoroutinefunction(match.handler)
+            req = Request(
+                msg.socket,
+                method=msg.method,
+                url=msg.url,
+                headers=_json_object(msg.headers),
+                data=json.loads(msg.data) if msg.data else None,
+                params=match.params,
+                cluster=self.cluster if is_async else self._sync(),
+            )
+            call = match.handler(req) if is_async else asyncio.to_thread(match.handler, req)
+            result = await asyncio.wait_for(call, self.config.handler_timeout_s)
+            status, body, headers = normalize_result(result)
+            return wire.Reply(
+                ref=msg.ref,
+                status=status,
+                body=encode_json(body, "body"),
+                headers=encode_json(headers, "headers"),
+            )
+        except RoomcastError as err:
+            return _error(msg.ref, err)
+        except TimeoutError:
+            return _error(msg.ref, Timeout("the action did not answer in time"))
+        except Exception:
+            log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
+            return _error(msg.ref, ActionFailed("internal server error"))
+
+    def _sync(self) -> Any:
+        if self._sync_cluster is None:
+            from roomcast.sync import SyncCluster
+
+            self._sync_cluster = SyncCluster(self.config.router)
+        return self._sync_cluster
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error(ref: int, err: RoomcastError) -> wire.Reply:
+    body = json.dumps(err.as_body()).encode()
+    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message, body=body)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check it is an :class:`App`."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"roomcast worker: {spec!r} is not MODULE:APP")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"roomcast worker: cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise SystemExit(f"roomcast worker: {spec} is not a roomcast.App")
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
+    d = WorkerConfig()
+    p = EnvArgumentParser(prog="roomcast worker", description="Serve an App's actions.")
+    p.add_argument("app", metavar="MODULE:APP", help="the roomcast.App to serve")
+    p.add_argument("--router", default=d.router, help="the router's commands address")
+    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
+    p.add_argument("--handler-timeout", type=float, default=d.handler_timeout_s, help="504 after")
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=a.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    sys.path.insert(0, os.getcwd())  # like `python -m`: apps next to the caller import
+    app = load_app(a.app)
+    config = WorkerConfig(
+        router=a.router,
+        heartbeat_interval_s=a.heartbeat_interval,
+        handler_timeout_s=a.handler_timeout,
+        max_concurrency=a.max_concurrency,
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = Worker(app, config)
+        ready = asyncio.Event()
+        task = loop.create_task(worker.run(stop, ready))
+        await ready.wait()
+        print_ready({"router": config.router, "node": worker.node_id, "actions": len(app.routes)})
+        await task
+
+    asyncio.run(serve())
+    return 0
