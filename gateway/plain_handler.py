@@ -7,6 +7,7 @@ import logging
 from gateway import plainws
 from gateway.connection import Connection
 from gateway.frames import text_frame
+from gateway.sails import strip_headers
 from roomcast.core import wire
 from roomcast.core.errors import BadRequest, InternalError, RoomcastError
 
@@ -77,7 +78,9 @@ class PlainHandler(Connection):
                     ),
                 )
                 self.send_payload(
-                    plainws.encode_raw_reply(op.ref, reply.status, reply.body, reply.headers)
+                    plainws.encode_raw_reply(
+                        op.ref, reply.status, reply.body, strip_headers(reply.headers)
+                    )
                 )
         except RoomcastError as err:
             self.fail(op.ref, err)

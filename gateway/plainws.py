@@ -126,7 +126,7 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
             ref, as_room_list(frame.get("rooms")), _utf8(event), dumps(frame.get("data")), echo
         )
     if op not in ("join", "leave", "request"):
-        raise BadRequest(f"unknown op {op!r}" if isinstance(op, str) else "missing op")
+        raise BadRequest(f"unknown op {op[:64]!r}" if isinstance(op, str) else "missing op")
     if ref is None:
         raise BadRequest(f"{op} needs a ref (integer or string)")
     if op == "request":

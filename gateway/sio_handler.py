@@ -129,6 +129,9 @@ class SioHandler(Connection):
             if self.registered:
                 self._connect_namespace()
         elif kind == "event":
+            if packet.namespace != "/":
+                self.fail(packet.ack, BadRequest("only the / namespace is served"))
+                return
             self._on_event(packet)
         # "noop" and client acks need nothing
 
