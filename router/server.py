@@ -248,7 +248,8 @@ class Router:
             heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
         )
         if gateway is None:
-            if msg.role is wire.Role.WORKER:
+            if msg.role is wire.Role.WORKER and not self.workers.seen(identity, now):
+                # Workers repeat Hello as their heartbeat; only a new one is news.
                 self.workers.add(identity, now)
                 log.info("worker %s hello (%d workers)", msg.node_id, len(self.workers))
             self._reply(identity, None, ack)
