@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 import time
@@ -137,6 +138,15 @@ async def serve(config: GatewayConfig) -> None:
     log.info("drained in %.2fs", time.monotonic() - started)
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: each client is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
 def main(argv: list[str] | None = None) -> None:
     config, level = parse_args(argv)
     logging.basicConfig(
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    log.info("open-files limit %d", raise_fd_limit())
     asyncio.run(serve(config))
 
 
