@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
+import os
 import resource
 import signal
 import sys
@@ -15,6 +17,7 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
+from gateway.api import Api
 from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
@@ -48,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         action="store_true",
         help="tell the action workers' DISCONNECT / (afterDisconnect) when a socket leaves",
     )
+    p.add_argument(
+        "--api-key-file",
+        default="",
+        help="file with server API keys, one per line (also: ROOMCAST_API_KEYS, comma-separated)",
+    )
+    p.add_argument("--api-max-body-bytes", type=int, default=d.api_max_body_bytes)
     p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         internal_host=a.internal_host,
         internal_port=a.internal_port,
         env=a.env,
+        api_keys=load_api_keys(a.api_key_file, os.environ.get("ROOMCAST_API_KEYS", "")),
+        api_max_body_bytes=a.api_max_body_bytes,
         connect_hook=a.connect_hook,
         disconnect_hook=a.disconnect_hook,
         max_send_queue_bytes=a.max_send_queue_bytes,
@@ -96,9 +107,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     return config, a.log_level
 
 
-def _listen(app: tornado.web.Application, host: str, port: int) -> tuple[Any, int]:
+def load_api_keys(path: str, env_value: str) -> tuple[str, ...]:
+    """API keys from a file (one per line, # comments) and a comma-separated variable."""
+    keys = [k.strip() for k in env_value.split(",")]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                keys += [line.strip() for line in f if not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise SystemExit(f"roomcast gateway: cannot read --api-key-file: {exc}") from None
+    return tuple(k for k in keys if k)
+
+
+def _listen(
+    app: tornado.web.Application, host: str, port: int, *, max_body_size: int | None = None
+) -> tuple[Any, int]:
     sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=max_body_size)
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
 
@@ -110,8 +135,20 @@ async def serve(config: GatewayConfig) -> None:
     gateway = Gateway(config, metrics, ctx)
     gateway.start()
     public, port = _listen(make_public_app(gateway), config.host, config.port)
+    api = Api(
+        config.router,
+        config.api_keys,
+        development=config.development,
+        max_body_bytes=config.api_max_body_bytes,
+        metrics=metrics,
+        version=_version(),
+    )
     internal, internal_port = _listen(
-        make_internal_app(gateway, registry), config.internal_host, config.internal_port
+        make_internal_app(gateway, registry, api),
+        config.internal_host,
+        config.internal_port,
+        # Above our own limit, so oversize bodies get our 413 rather than a dropped connection.
+        max_body_size=4 * config.api_max_body_bytes,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,6 +170,7 @@ async def serve(config: GatewayConfig) -> None:
     public.stop()
     await gateway.drain()
     internal.stop()
+    await api.close()
     await gateway.stop()
     ctx.term()
     log.info("drained in %.2fs", time.monotonic() - started)
@@ -145,6 +183,13 @@ def raise_fd_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return hard
     return soft
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("roomcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

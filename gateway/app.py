@@ -2,7 +2,8 @@
 
 Public: ``/ws`` (plain JSON), ``/socket.io/`` (Socket.IO for sails.io.js and socket.io-client),
 ``/__getcookie`` (sails.io.js cross-origin bootstrap), ``/healthz``, ``/readyz``, and in
-development the demo chat at ``/``. Internal: ``/metrics``, ``/healthz``, ``/readyz``.
+development the demo chat at ``/``. Internal: ``/metrics``, the server API
+(``/api/<operation>``, ``/api/openapi.json``), ``/healthz``, ``/readyz``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.api import Api, ApiHandler, OpenApiHandler
 from gateway.hub import Gateway
 from gateway.plain_handler import PlainHandler
 from gateway.sio_handler import GetCookieHandler, SioHandler, sio_ticker
@@ -76,8 +78,15 @@ def make_public_app(gateway: Gateway) -> tornado.web.Application:
     )
 
 
-def make_internal_app(gateway: Gateway, registry: CollectorRegistry) -> tornado.web.Application:
+def make_internal_app(
+    gateway: Gateway, registry: CollectorRegistry, api: Api
+) -> tornado.web.Application:
     return tornado.web.Application(
-        [(r"/metrics", _Metrics, {"registry": registry}), *_health_routes(gateway)],
+        [
+            (r"/metrics", _Metrics, {"registry": registry}),
+            (r"/api/openapi\.json", OpenApiHandler, {"api": api}),
+            (r"/api/([^/]+)", ApiHandler, {"api": api}),
+            *_health_routes(gateway),
+        ],
         log_function=lambda handler: None,
     )

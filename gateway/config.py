@@ -28,6 +28,9 @@ class GatewayConfig:
     # Sails hooks served by action workers (CONNECT / and DISCONNECT / virtual requests)
     connect_hook: bool = False
     disconnect_hook: bool = False
+    # HTTP server API (internal port)
+    api_keys: tuple[str, ...] = ()  # none: open in development, disabled (403) in production
+    api_max_body_bytes: int = 1024 * 1024  # then 413
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009

@@ -78,6 +78,11 @@ class GatewayMetrics:
         self.commands_dropped = counter(
             "commands_dropped_total", "Commands that could not be sent to the router."
         )
+        self.api_requests = counter(
+            "api_requests_total",
+            "HTTP server API requests, by operation and status code.",
+            ("operation", "status"),
+        )
         self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
         self.delivery_latency = histogram(
             "delivery_latency_seconds", "Router accept to frames queued for clients."

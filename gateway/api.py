@@ -1,0 +1,268 @@
+"""The HTTP server API on each gateway's internal port: ``POST /api/<operation>``.
+
+For backends not written in Python: each operation of :mod:`gateway.api_spec` maps a JSON body
+onto the same SDK call a Python backend makes (through a :class:`roomcast.Cluster` owned by this
+gateway), so the guarantees are the SDK's: a membership call answers only once the router
+applied it. ``Authorization: Bearer <key>`` is checked in constant time against the configured
+keys; in production, no keys means the API answers 403. Errors are
+``{"error": code, "message": text}`` with 400/401/403/404/405/413/429/503/504.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import tornado.web
+
+from gateway.api_spec import OPERATIONS, openapi_document
+from gateway.metrics import GatewayMetrics
+from roomcast.cluster import Cluster
+from roomcast.core.errors import (
+    BadRequest,
+    Forbidden,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    RoomcastError,
+)
+
+__all__ = ["Api", "ApiHandler", "OpenApiHandler"]
+
+log = logging.getLogger("roomcast.gateway.api")
+
+_Run = Callable[[Cluster, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Unauthorized(RoomcastError):
+    status, code = 401, "unauthorized"
+
+
+def _model(cluster: Cluster, body: dict[str, Any]) -> Any:
+    try:
+        return cluster.model(body["model"])
+    except (ValueError, TypeError, AttributeError):
+        raise BadRequest("model must be a non-empty string") from None
+
+
+def _object(body: dict[str, Any], name: str, *, required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{name} must be an object")
+    return value
+
+
+async def _broadcast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    event = b.get("event", "message")
+    gateways = await c.sockets.broadcast(b["rooms"], event, b.get("data"), omit=b.get("omit"))
+    return {"gateways": gateways}
+
+
+async def _blast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    gateways = await c.sockets.blast(b.get("event", "message"), b.get("data"), omit=b.get("omit"))
+    return {"gateways": gateways}
+
+
+async def _join(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.join(b["sockets"], b["rooms"])
+    return {}
+
+
+async def _leave(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.leave(b["sockets"], b["rooms"])
+    return {}
+
+
+async def _leave_all(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.leave_all(b["room"])
+    return {}
+
+
+async def _add_members(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.add_room_members_to_rooms(b["source"], b["rooms"])
+    return {}
+
+
+async def _remove_members(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.remove_room_members_from_rooms(b["source"], b["rooms"])
+    return {}
+
+
+async def _count(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    return {"count": await c.sockets.count(b["room"])}
+
+
+async def _members(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    return {"members": await c.sockets.members(b["room"])}
+
+
+async def _rooms(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    return {"rooms": await c.sockets.rooms(b["socket"])}
+
+
+async def _publish(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await _model(c, b).publish(b["ids"], b["data"], b.get("omit"))
+    return {}
+
+
+async def _publish_create(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    model = _model(c, b)
+    record = _object(b, "record", required=True)
+    if model.primary_key not in record:
+        raise BadRequest(f"record needs its primary key {model.primary_key!r}")
+    await model.publish_create(record, b.get("omit"))
+    return {}
+
+
+async def _publish_update(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    changes = _object(b, "changes", required=True)
+    previous = _object(b, "previous")
+    await _model(c, b).publish_update(b["id"], changes, b.get("omit"), previous=previous)
+    return {}
+
+
+async def _publish_destroy(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    previous = _object(b, "previous")
+    await _model(c, b).publish_destroy(b["id"], b.get("omit"), previous=previous)
+    return {}
+
+
+async def _publish_add(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await _model(c, b).publish_add(b["id"], b["attribute"], b["added_id"], b.get("omit"))
+    return {}
+
+
+async def _publish_remove(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await _model(c, b).publish_remove(b["id"], b["attribute"], b["removed_id"], b.get("omit"))
+    return {}
+
+
+_RUN: dict[str, _Run] = {
+    "broadcast": _broadcast,
+    "blast": _blast,
+    "join": _join,
+    "leave": _leave,
+    "leave_all": _leave_all,
+    "add_room_members_to_rooms": _add_members,
+    "remove_room_members_from_rooms": _remove_members,
+    "count": _count,
+    "members": _members,
+    "rooms": _rooms,
+    "publish": _publish,
+    "publish_create": _publish_create,
+    "publish_update": _publish_update,
+    "publish_destroy": _publish_destroy,
+    "publish_add": _publish_add,
+    "publish_remove": _publish_remove,
+}
+assert _RUN.keys() == OPERATIONS.keys(), "every documented operation has an implementation"
+
+
+class Api:
+    """What the handlers share: the gateway's SDK client, the keys, the limits, the metrics."""
+
+    def __init__(
+        self,
+        router: str,
+        keys: tuple[str, ...],
+        *,
+        development: bool,
+        max_body_bytes: int,
+        metrics: GatewayMetrics,
+        version: str,
+    ) -> None:
+        self.cluster = Cluster(router)
+        self._keys = tuple(k.encode() for k in keys if k)
+        self.development = development
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self.document = json.dumps(openapi_document(version)).encode()
+
+    def authorize(self, header: str | None) -> None:
+        if not self._keys:
+            if self.development:
+                return
+            raise Forbidden("the server api is disabled: no api keys are configured")
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("missing bearer api key")
+        given = token.strip().encode()
+        # Compare with every key, always: the time taken says nothing about which one matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise Unauthorized("wrong api key")
+
+    async def run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        op = OPERATIONS[name]
+        props = op.body.get("properties", {})
+        unknown = sorted(set(body) - set(props))
+        if unknown:
+            raise BadRequest("unknown fields: " + ", ".join(u[:40] for u in unknown[:5]))
+        missing = [f for f in op.body.get("required", []) if f not in body]
+        if missing:
+            raise BadRequest("missing fields: " + ", ".join(missing))
+        return await _RUN[name](self.cluster, body)
+
+    async def close(self) -> None:
+        await self.cluster.close()
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    def initialize(self, api: Api) -> None:
+        self.api = api
+
+    async def post(self, name: str) -> None:
+        label = name if name in OPERATIONS else "unknown"
+        try:
+            self.api.authorize(self.request.headers.get("Authorization"))
+            if name not in OPERATIONS:
+                raise NotFound(f"unknown operation {name[:64]!r}")
+            body = self._body()
+            result = await self.api.run(name, body)
+        except RoomcastError as err:
+            self._answer(label, err.status, err.as_body())
+            return
+        except Exception:
+            log.exception("api %s failed", label)
+            self._answer(label, 500, InternalError("internal error").as_body())
+            return
+        self._answer(label, 200, result)
+
+    def get(self, name: str) -> None:
+        self.set_header("Allow", "POST")
+        body = {"error": "method_not_allowed", "message": "use POST with a JSON body"}
+        self._answer(name if name in OPERATIONS else "unknown", 405, body)
+
+    def _body(self) -> dict[str, Any]:
+        raw = self.request.body
+        if len(raw) > self.api.max_body_bytes:
+            raise PayloadTooLarge(size=len(raw), limit=self.api.max_body_bytes)
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, RecursionError):
+            raise BadRequest("body is not valid json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a json object")
+        return body
+
+    def _answer(self, operation: str, status: int, body: dict[str, Any]) -> None:
+        self.api.metrics.api_requests.labels(operation, str(status)).inc()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+
+class OpenApiHandler(tornado.web.RequestHandler):
+    def initialize(self, api: Api) -> None:
+        self.api = api
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(self.api.document)
