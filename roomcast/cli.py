@@ -103,9 +103,16 @@ def _parser() -> EnvArgumentParser:
         "--port",
         type=int,
         default=8080,
-        help="public port of gateway 0; gateway i gets PORT+i, and 0 picks free ports for all",
+        help="public port of gateway 0; gateway i gets PORT+i and internal port PORT+1000+i; "
+        "0 picks free ports for everything",
     )
     d.add_argument("--host", default="127.0.0.1", help="the address gateways listen on")
+    d.add_argument(
+        "--router-port",
+        type=int,
+        default=5570,
+        help="router commands port (fanout +1, http +2); ignored with --port 0",
+    )
     d.add_argument(
         "--worker",
         action="append",
@@ -222,8 +229,11 @@ class _Dev:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ns.start_timeout
         py = sys.executable
-        router_argv = [py, "-m", "router", "--commands", "tcp://127.0.0.1:0"]
-        router_argv += ["--fanout", "tcp://127.0.0.1:0", "--http-port", "0"]
+        # Fixed, documented ports unless --port 0 asks for free ones everywhere.
+        rp = ns.router_port if ns.port else 0
+        router_argv = [py, "-m", "router", "--commands", f"tcp://127.0.0.1:{rp}"]
+        router_argv += ["--fanout", f"tcp://127.0.0.1:{rp + 1 if rp else 0}"]
+        router_argv += ["--http-port", str(rp + 2 if rp else 0)]
         router_argv += ["--drain-timeout", f"{ns.drain_timeout:g}"]
         router = await self._spawn("router", router_argv, last=True)
         (router_info,) = await self._ready([router], deadline)
@@ -234,7 +244,8 @@ class _Dev:
         for i in range(ns.gateways):
             argv = [py, "-m", "gateway", "--router", router_info["commands"]]
             argv += ["--fanout", router_info["fanout"], "--host", ns.host]
-            argv += ["--port", str(ns.port + i if ns.port else 0), "--internal-port", "0"]
+            argv += ["--port", str(ns.port + i if ns.port else 0)]
+            argv += ["--internal-port", str(ns.port + 1000 + i if ns.port else 0)]
             argv += ["--env", "development", "--drain-timeout", f"{ns.drain_timeout:g}"]
             if ns.worker:
                 # Workers may serve afterDisconnect (DISCONNECT /); the demo keeps counts with it.

@@ -2,7 +2,9 @@
 
 Chat rooms are records of the ``chatroom`` model: joining subscribes the socket to the record
 (Resourceful PubSub), messages are ``publish``ed to its subscribers, and every membership change
-publishes an ``updated`` notification with the exact, cluster-wide member count.
+publishes an ``updated`` notification with the exact, cluster-wide member count. Joining also
+puts the socket in the plain room of the same name, where the page shows ``message`` events
+``{"from", "text"}`` from any backend (the README's Python and curl examples).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ async def _announce_count(req: Request, room: str) -> int:
 async def join(req: Request) -> dict[str, Any]:
     room = validate_room(_field(req, "room"))
     await req.cluster.model("chatroom").subscribe(req, room)
+    # Also the plain room of that name, so a backend can `broadcast("lobby", "message", ...)`.
+    await req.cluster.sockets.join(req, room)
     return {"room": room, "members": await _announce_count(req, room), "socket": req.socket}
 
 
@@ -47,6 +51,7 @@ async def join(req: Request) -> dict[str, Any]:
 async def leave(req: Request) -> dict[str, Any]:
     room = validate_room(_field(req, "room"))
     await req.cluster.model("chatroom").unsubscribe(req, room)
+    await req.cluster.sockets.leave(req, room)
     return {"room": room, "members": await _announce_count(req, room)}
 
 
