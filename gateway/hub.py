@@ -122,9 +122,10 @@ class Gateway:
     async def _before_connect(self, conn: Connection) -> None:
         """Sails' beforeConnect as an action (``CONNECT /``): refuse with 1008 when it says no."""
         request = conn.request
-        data = {
-            "query": {k: request.query_arguments[k][-1].decode() for k in request.query_arguments}
-        }
+        # The query is the client's: bytes that are not UTF-8 (``?x=%FF``) must not kill the
+        # hook (the socket would hang, never welcomed nor closed).
+        query = request.query_arguments
+        data = {"query": {k: query[k][-1].decode("utf-8", "replace") for k in query}}
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() in _HOOK_HEADERS}
         try:
             reply = await self.run_op(

@@ -83,6 +83,9 @@ class GatewayMetrics:
             "HTTP server API requests, by operation and status code.",
             ("operation", "status"),
         )
+        self.refused = counter(
+            "refused_total", "Hellos refused for an incompatible protocol version (either side)."
+        )
         self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
         self.delivery_latency = histogram(
             "delivery_latency_seconds", "Router accept to frames queued for clients."

@@ -57,6 +57,7 @@ class Upstream:
         self.link_lost_at = time.monotonic()
         self._last_beat = 0.0
         self._hello_ref = 0
+        self._refused = False  # logged once per refusal streak, not per Hello retry
         self._resync_ref = 0
         self._expected_seq = 0
         self._next_ref = 0
@@ -161,11 +162,10 @@ class Upstream:
             if self.state != "hello":
                 self._restart("router reset")
             return
-        seq = wire.unpack_seq(seq_frame)
         if self.state == "hello":
-            if isinstance(msg, wire.HelloAck) and msg.ref == self._hello_ref:
-                self._accept(msg, seq, now)
+            self._on_hello_answer(msg, seq_frame, now)
             return
+        seq = wire.unpack_seq(seq_frame)
         if seq != self._expected_seq:
             if seq < self._expected_seq:
                 return  # a duplicate from before our last Hello
@@ -191,6 +191,29 @@ class Upstream:
         fut = self._pending.pop(reply.ref, None)
         if fut is not None and not fut.done():
             fut.set_result(reply)
+
+    def _on_hello_answer(self, msg: wire.Message, seq_frame: bytes, now: float) -> None:
+        if getattr(msg, "ref", None) != self._hello_ref:
+            return  # an answer to an older Hello, or stream traffic from before it
+        if isinstance(msg, wire.Reply) and msg.error:
+            if not self._refused:
+                self._refused = True
+                self.metrics.refused.inc()
+                log.error("router refused this gateway: %s", msg.message)
+            return
+        if isinstance(msg, wire.HelloAck):
+            if not wire.compatible(msg.protocol_version):
+                if not self._refused:
+                    self._refused = True
+                    self.metrics.refused.inc()
+                    log.error(
+                        "router speaks protocol %s, incompatible with this gateway's %s",
+                        wire.version_name(msg.protocol_version),
+                        wire.version_name(wire.PROTOCOL_VERSION),
+                    )
+                return
+            self._refused = False
+            self._accept(msg, wire.unpack_seq(seq_frame), now)
 
     def _accept(self, ack: wire.HelloAck, seq: int, now: float) -> None:
         self.epoch = ack.epoch

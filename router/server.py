@@ -229,19 +229,24 @@ class Router:
             raise BadRequest(f"unexpected {msg.KIND} command")
 
     def _hello(self, identity: bytes, gateway: str | None, msg: wire.Hello, now: float) -> None:
-        if msg.protocol_version != wire.PROTOCOL_VERSION:
+        if not wire.compatible(msg.protocol_version):
             self.metrics.refused_peers.inc()
             log.warning(
-                "refusing %s %r: protocol version %d, router speaks %d",
+                "refusing %s %r: protocol %s is not compatible with the router's %s",
                 msg.role.name.lower(),
                 msg.node_id,
-                msg.protocol_version,
-                wire.PROTOCOL_VERSION,
+                wire.version_name(msg.protocol_version),
+                wire.version_name(wire.PROTOCOL_VERSION),
             )
-            raise BadRequest(
-                f"protocol version {msg.protocol_version} is not supported "
-                f"(router speaks {wire.PROTOCOL_VERSION})"
+            err = BadRequest(
+                f"protocol {wire.version_name(msg.protocol_version)} is not compatible with "
+                f"the router's {wire.version_name(wire.PROTOCOL_VERSION)}"
             )
+            if gateway is not None:
+                # Not a known gateway, so no sequenced stream: answer on its topic directly.
+                self._unsequenced(gateway, _error_reply(msg.ref, err))
+                return
+            raise err
         ack = wire.HelloAck(
             ref=msg.ref,
             epoch=self.epoch,
@@ -380,7 +385,11 @@ class Router:
     def _reset(self, gateway: str) -> None:
         """Tell a gateway we do not know it (expired, or we restarted): it must resync."""
         self.metrics.resets.inc()
-        body = wire.encode(wire.Reset(epoch=self.epoch))
+        self._unsequenced(gateway, wire.Reset(epoch=self.epoch))
+
+    def _unsequenced(self, gateway: str, msg: wire.Message) -> None:
+        """A message for a gateway that has no sequenced stream with us (yet)."""
+        body = wire.encode(msg)
         try:
             self._fanout.send_multipart((wire.gateway_topic(gateway), b"", body), zmq.NOBLOCK)
         except zmq.Again:

@@ -47,17 +47,20 @@ __all__ = [
     "SocketClose",
     "SocketOpen",
     "SocketRooms",
+    "compatible",
     "decode",
     "encode",
     "gateway_topic",
     "pack_seq",
     "split_frames",
     "unpack_seq",
+    "version_name",
 ]
 
-# Bumped on any change a peer of the previous version cannot ignore; peers with another major
-# version are refused at Hello.
-PROTOCOL_VERSION = 1
+# major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
+# kinds); a major bump is a change they cannot. Peers of another major version are refused at
+# Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
+PROTOCOL_VERSION = 101
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -321,6 +324,15 @@ def decode(data: bytes) -> Message:
             except ValueError:
                 raise WireError(f"unknown {name} {value}") from None
     return cls(**kwargs)
+
+
+def compatible(version: int) -> bool:
+    """Whether a peer speaking ``version`` can talk to us (same major version)."""
+    return version // 100 == PROTOCOL_VERSION // 100
+
+
+def version_name(version: int) -> str:
+    return f"{version // 100}.{version % 100}"
 
 
 def gateway_topic(gateway_id: str) -> bytes:
