@@ -57,6 +57,61 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         help="file with server API keys, one per line (also: ROOMCAST_API_KEYS, comma-separated)",
     )
     p.add_argument("--api-max-body-bytes", type=int, default=d.api_max_body_bytes)
+    # Who may connect, and do what
+    p.add_argument(
+        "--token-secret-file",
+        default="",
+        help="HS256 secret(s) for connection tokens, one per line (also: ROOMCAST_TOKEN_SECRET)",
+    )
+    p.add_argument(
+        "--token-public-key-file",
+        action="append",
+        default=[],
+        help="PEM public key (RS256/ES256) for connection tokens (repeatable)",
+    )
+    p.add_argument("--token-audience", default="", help="required aud claim (empty: not checked)")
+    p.add_argument("--token-issuer", default="", help="required iss claim (empty: not checked)")
+    p.add_argument("--token-leeway", type=float, default=d.token_leeway_s, help="clock skew (s)")
+    p.add_argument(
+        "--allow-anonymous",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="connections without a token; auto: allowed unless token keys are configured "
+        "(always in development)",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="exact Origin allowed to open WebSockets (repeatable; env: comma-separated)",
+    )
+    p.add_argument(
+        "--client-join",
+        action="append",
+        default=[],
+        help="room pattern (glob, {user} = token subject) clients may join/leave (repeatable)",
+    )
+    p.add_argument(
+        "--client-publish",
+        action="append",
+        default=[],
+        help="room pattern clients may broadcast to (repeatable)",
+    )
+    # Abuse limits
+    p.add_argument("--max-connections", type=int, default=d.max_connections, help="then 503")
+    p.add_argument(
+        "--max-frames-per-second",
+        type=float,
+        default=d.max_frames_per_s,
+        help="inbound per connection; then 429",
+    )
+    p.add_argument("--frame-burst", type=int, default=d.frame_burst, help="frames")
+    p.add_argument(
+        "--abuse-strikes",
+        type=int,
+        default=d.abuse_strikes,
+        help="refused frames in a row before close 4003",
+    )
     p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
@@ -90,6 +145,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         env=a.env,
         api_keys=load_api_keys(a.api_key_file, os.environ.get("ROOMCAST_API_KEYS", "")),
         api_max_body_bytes=a.api_max_body_bytes,
+        token_secrets=load_secrets(
+            a.token_secret_file, os.environ.get("ROOMCAST_TOKEN_SECRET", "")
+        ),
+        token_public_keys=tuple(
+            _read(path, "--token-public-key-file") for path in a.token_public_key_file
+        ),
+        token_audience=a.token_audience or None,
+        token_issuer=a.token_issuer or None,
+        token_leeway_s=a.token_leeway,
+        allow_anonymous={"auto": None, "yes": True, "no": False}[a.allow_anonymous],
+        allowed_origins=tuple(o.rstrip("/") for o in a.allowed_origin),
+        client_join=tuple(a.client_join),
+        client_publish=tuple(a.client_publish),
+        max_connections=a.max_connections,
+        max_frames_per_s=a.max_frames_per_second,
+        frame_burst=a.frame_burst,
+        abuse_strikes=a.abuse_strikes,
         connect_hook=a.connect_hook,
         disconnect_hook=a.disconnect_hook,
         max_send_queue_bytes=a.max_send_queue_bytes,
@@ -105,6 +177,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         drain_timeout_s=a.drain_timeout,
     )
     return config, a.log_level
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise SystemExit(f"roomcast gateway: cannot read {flag}: {exc}") from None
+
+
+def load_secrets(path: str, env_value: str) -> tuple[bytes, ...]:
+    """HS256 secrets from a file (one per line) and/or a variable (one secret)."""
+    lines = _read(path, "--token-secret-file").splitlines() if path else []
+    secrets = [s.strip() for s in [env_value, *lines] if s.strip() and not s.startswith("#")]
+    return tuple(s.encode() for s in secrets)
 
 
 def load_api_keys(path: str, env_value: str) -> tuple[str, ...]:
@@ -194,6 +281,10 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     config, level = parse_args(argv)
+    problem = config.production_problem()
+    if problem:
+        sys.stderr.write(f"roomcast gateway: {problem}\n")
+        raise SystemExit(2)
     logging.basicConfig(
         stream=sys.stderr,
         level=level.upper(),

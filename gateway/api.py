@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from gateway.api_spec import OPERATIONS, openapi_document
 from gateway.metrics import GatewayMetrics
@@ -46,6 +47,26 @@ def _model(cluster: Cluster, body: dict[str, Any]) -> Any:
         return cluster.model(body["model"])
     except (ValueError, TypeError, AttributeError):
         raise BadRequest("model must be a non-empty string") from None
+
+
+def _id(value: Any, name: str) -> Any:
+    # Record ids end up in room names: a JSON true or 1.5 would make "True" or "1.5" rooms.
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise BadRequest(f"{name} must be a string or an integer")
+
+
+def _ids(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_id(v, "ids") for v in value]
+    return _id(value, "ids")
+
+
+def _attribute(body: dict[str, Any]) -> str:
+    value = body["attribute"]
+    if not isinstance(value, str) or not value:
+        raise BadRequest("attribute must be a non-empty string")
+    return value
 
 
 def _object(body: dict[str, Any], name: str, *, required: bool = False) -> Any:
@@ -106,7 +127,7 @@ async def _rooms(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _publish(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    await _model(c, b).publish(b["ids"], b["data"], b.get("omit"))
+    await _model(c, b).publish(_ids(b["ids"]), b["data"], b.get("omit"))
     return {}
 
 
@@ -122,23 +143,28 @@ async def _publish_create(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
 async def _publish_update(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
     changes = _object(b, "changes", required=True)
     previous = _object(b, "previous")
-    await _model(c, b).publish_update(b["id"], changes, b.get("omit"), previous=previous)
+    record_id = _id(b["id"], "id")
+    await _model(c, b).publish_update(record_id, changes, b.get("omit"), previous=previous)
     return {}
 
 
 async def _publish_destroy(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
     previous = _object(b, "previous")
-    await _model(c, b).publish_destroy(b["id"], b.get("omit"), previous=previous)
+    await _model(c, b).publish_destroy(_id(b["id"], "id"), b.get("omit"), previous=previous)
     return {}
 
 
 async def _publish_add(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    await _model(c, b).publish_add(b["id"], b["attribute"], b["added_id"], b.get("omit"))
+    record_id, attribute = _id(b["id"], "id"), _attribute(b)
+    added = _id(b["added_id"], "added_id")
+    await _model(c, b).publish_add(record_id, attribute, added, b.get("omit"))
     return {}
 
 
 async def _publish_remove(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    await _model(c, b).publish_remove(b["id"], b["attribute"], b["removed_id"], b.get("omit"))
+    record_id, attribute = _id(b["id"], "id"), _attribute(b)
+    removed = _id(b["removed_id"], "removed_id")
+    await _model(c, b).publish_remove(record_id, attribute, removed, b.get("omit"))
     return {}
 
 
@@ -214,36 +240,87 @@ class Api:
         await self.cluster.close()
 
 
+@tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
+    """``POST /api/<operation>``.
+
+    The body is streamed in so that one over ``max_body_bytes`` gets a 413 in our error format
+    whatever its size (declared or chunked) without being buffered: Tornado's own cap would
+    answer a bare 400. Such a body is refused as soon as it is known to be too big; the rest is
+    not read and Tornado closes the connection after the answer.
+    """
+
     def initialize(self, api: Api) -> None:
         self.api = api
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def prepare(self) -> None:
+        if self.request.method != "POST":
+            return
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.api.max_body_bytes:
+            self._refuse_oversize(int(declared))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.api.max_body_bytes:
+            self._refuse_oversize(self._received)
+        else:
+            self._chunks.append(chunk)
 
     async def post(self, name: str) -> None:
-        label = name if name in OPERATIONS else "unknown"
+        if self._finished:
+            return
         try:
-            self.api.authorize(self.request.headers.get("Authorization"))
-            if name not in OPERATIONS:
-                raise NotFound(f"unknown operation {name[:64]!r}")
+            self._check(name)
             body = self._body()
             result = await self.api.run(name, body)
         except RoomcastError as err:
-            self._answer(label, err.status, err.as_body())
+            self._answer(err.status, err.as_body())
             return
         except Exception:
-            log.exception("api %s failed", label)
-            self._answer(label, 500, InternalError("internal error").as_body())
+            log.exception("api %s failed", self._label())
+            self._answer(500, InternalError("internal error").as_body())
             return
-        self._answer(label, 200, result)
+        self._answer(200, result)
 
     def get(self, name: str) -> None:
         self.set_header("Allow", "POST")
         body = {"error": "method_not_allowed", "message": "use POST with a JSON body"}
-        self._answer(name if name in OPERATIONS else "unknown", 405, body)
+        self._answer(405, body)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Tornado's own refusals (a method other than GET or POST) in our error format too.
+        if status_code == 405:
+            self.set_header("Allow", "POST")
+            body = {"error": "method_not_allowed", "message": "use POST with a JSON body"}
+        else:
+            body = {"error": "http_error", "message": self._reason.lower()}
+        self._answer(status_code, body)
+
+    def _check(self, name: str) -> None:
+        self.api.authorize(self.request.headers.get("Authorization"))
+        if name not in OPERATIONS:
+            raise NotFound(f"unknown operation {name[:64]!r}")
+
+    def _refuse_oversize(self, size: int) -> None:
+        # A missing key or an unknown operation still answer first, as in post().
+        try:
+            self._check(self.path_args[0])
+            raise PayloadTooLarge(size=size, limit=self.api.max_body_bytes)
+        except RoomcastError as err:
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                # Tornado would otherwise add a bare 400 for a Content-Length over the
+                # server's cap after our answer; the body is not read either way.
+                connection.set_max_body_size(max(size, self.api.max_body_bytes))
+            self._answer(err.status, err.as_body())
 
     def _body(self) -> dict[str, Any]:
-        raw = self.request.body
-        if len(raw) > self.api.max_body_bytes:
-            raise PayloadTooLarge(size=len(raw), limit=self.api.max_body_bytes)
+        raw = b"".join(self._chunks)
         try:
             body = json.loads(raw or b"{}")
         except (ValueError, RecursionError):
@@ -252,8 +329,12 @@ class ApiHandler(tornado.web.RequestHandler):
             raise BadRequest("body must be a json object")
         return body
 
-    def _answer(self, operation: str, status: int, body: dict[str, Any]) -> None:
-        self.api.metrics.api_requests.labels(operation, str(status)).inc()
+    def _label(self) -> str:
+        name = self.request.path.rpartition("/")[2]
+        return name if name in OPERATIONS else "unknown"
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        self.api.metrics.api_requests.labels(self._label(), str(status)).inc()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body, separators=(",", ":")))

@@ -38,12 +38,10 @@ _EMPTY: dict[str, Any] = {"type": "object", "additionalProperties": False}
 
 
 def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": required,
-        "properties": props,
-        "additionalProperties": False,
-    }
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:  # OpenAPI 3.0 (JSON Schema draft 4): "required" must not be an empty list
+        schema["required"] = required
+    return schema
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

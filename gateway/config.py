@@ -24,13 +24,28 @@ class GatewayConfig:
     port: int = 8080
     internal_host: str = "127.0.0.1"
     internal_port: int = 8081
-    env: str = "production"  # "development" allows client join/leave/broadcast
+    env: str = "production"  # "development": room ops open to clients, demo page, no guard
     # Sails hooks served by action workers (CONNECT / and DISCONNECT / virtual requests)
     connect_hook: bool = False
     disconnect_hook: bool = False
     # HTTP server API (internal port)
     api_keys: tuple[str, ...] = ()  # none: open in development, disabled (403) in production
     api_max_body_bytes: int = 1024 * 1024  # then 413
+    # Who may connect, and do what (gateway/policy.py, gateway/tokens.py)
+    token_secrets: tuple[bytes, ...] = ()  # HS256
+    token_public_keys: tuple[str, ...] = ()  # PEM, RS256/ES256
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    token_leeway_s: float = 30.0  # clock skew tolerated on exp/nbf
+    allow_anonymous: bool | None = None  # None: unless tokens are configured (dev: always)
+    allowed_origins: tuple[str, ...] = ()  # exact; empty: any (browsers always send Origin)
+    client_join: tuple[str, ...] = ()  # room patterns clients may join/leave (dev: "*")
+    client_publish: tuple[str, ...] = ()  # room patterns clients may broadcast to (dev: "*")
+    # Abuse limits
+    max_connections: int = 100_000  # then 503 before the upgrade
+    max_frames_per_s: float = 1000.0  # per connection, inbound; then 429
+    frame_burst: int = 2000
+    abuse_strikes: int = 200  # refused frames in a row; then close 4003
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
@@ -44,3 +59,22 @@ class GatewayConfig:
     @property
     def development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        if self.allow_anonymous is not None:
+            return self.allow_anonymous
+        return self.development or not (self.token_secrets or self.token_public_keys)
+
+    def production_problem(self) -> str | None:
+        """Why this configuration must not serve in production (Sails' guard), or None."""
+        if self.development:
+            return None
+        if not self.allowed_origins and not (self.token_secrets or self.token_public_keys):
+            return (
+                "refusing to start in production with neither an origin allowlist "
+                "(--allowed-origin) nor token authentication (--token-secret-file / "
+                "--token-public-key-file): any web page could open sockets here as its visitors. "
+                "Configure one, or use --env development on a trusted machine."
+            )
+        return None

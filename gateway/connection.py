@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from typing import Any
 
 import tornado.iostream
 import tornado.websocket
 
 from gateway.frames import text_frame
 from gateway.hub import Gateway
+from gateway.policy import ANONYMOUS, Identity
+from gateway.ratelimit import RateLimit
 from gateway.sendqueue import SendQueue
+from gateway.tokens import TokenError
 from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import RoomcastError
 
@@ -30,7 +35,13 @@ class Connection(tornado.websocket.WebSocketHandler):
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.sid = secrets.token_urlsafe(12)
-        self.queue = SendQueue(gateway.config.max_send_queue_bytes)
+        config = gateway.config
+        self.queue = SendQueue(config.max_send_queue_bytes)
+        self.limit = RateLimit(
+            config.max_frames_per_s, config.frame_burst, config.abuse_strikes, time.monotonic()
+        )
+        self.identity: Identity = ANONYMOUS
+        self.auth_error: str | None = None
         self.registered = False  # the router knows this socket
         self.welcomed = False  # the client knows its id: deliveries may flow
         self._dirty = False
@@ -54,8 +65,60 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse before the upgrade what must not cost a connection; read the token."""
+        gateway = self.gateway
+        if gateway.draining:
+            self.refuse_http(503, "draining", "this gateway is shutting down: connect to another")
+            return
+        if len(gateway.conns) >= gateway.config.max_connections:
+            self.refuse_http(503, "max_connections", "this gateway is full: connect to another")
+            return
+        try:
+            self.identity = gateway.authenticate(self.request_token())
+        except TokenError as exc:
+            # Upgraded anyway, then closed with 1008: a browser cannot read an HTTP refusal.
+            self.auth_error = str(exc)
+        await super().get(*args, **kwargs)
+
+    def request_token(self) -> str | None:
+        """``?token=`` or ``Authorization: Bearer``; Socket.IO may also send one at CONNECT."""
+        token = self.get_query_argument("token", None)
+        if token:
+            return token
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def refuse_http(self, status: int, reason: str, message: str) -> None:
+        self.gateway.reject(reason)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish({"error": reason, "message": message})
+
     def check_origin(self, origin: str) -> bool:
-        return True  # origin allowlists arrive with authentication
+        # Exact matches only, like Sails' onlyAllowOrigins. Tornado asks only when the client
+        # sent an Origin: browsers always do, so a request without one is not a web page's.
+        allowed = self.gateway.config.allowed_origins
+        if not allowed or origin in allowed:
+            return True
+        self.gateway.reject("origin")
+        return False
+
+    def refuse_token(self) -> None:
+        """Close a connection whose token was refused (1008, the reason in the close frame)."""
+        self.gateway.reject("token")
+        self._close_reason = "token"
+        self.gateway.count_disconnect("token")
+        self.write_queued()
+        self.close(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
+
+    def over_limit(self) -> bool:
+        """Spend the inbound budget for one frame; True when the frame must be refused."""
+        if self.limit.allow(time.monotonic()):
+            return False
+        if self.limit.abusive:
+            self.disconnect(CloseCode.ABUSE, "abuse")
+        return True
 
     def open(self, *args: str, **kwargs: str) -> None:
         if self.gateway.draining:
@@ -73,7 +136,14 @@ class Connection(tornado.websocket.WebSocketHandler):
 
         ws.close = close  # type: ignore[method-assign]
         self.set_nodelay(True)
+        if self.auth_error is not None and not self.defers_auth():
+            self.refuse_token()
+            return
         self.gateway.attach(self)
+
+    def defers_auth(self) -> bool:
+        """Whether a missing token may still arrive in-protocol (Socket.IO v4 CONNECT auth)."""
+        return False
 
     def on_close(self) -> None:
         self.queue.discard()

@@ -21,6 +21,8 @@ from gateway.config import GatewayConfig
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
+from gateway.policy import ANONYMOUS, Identity, RoomPolicy
+from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
@@ -53,6 +55,17 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: list[asyncio.Task[None]] = []
         self.tickers: list[Callable[[float], None]] = []  # per-second protocol timers
+        self.tokens = TokenVerifier(
+            secrets=config.token_secrets,
+            public_keys=config.token_public_keys,
+            audience=config.token_audience,
+            issuer=config.token_issuer,
+            leeway_s=config.token_leeway_s,
+        )
+        everything = ("*",) if config.development else ()
+        self.policy = RoomPolicy(
+            join=config.client_join or everything, publish=config.client_publish or everything
+        )
 
     @property
     def ready(self) -> bool:
@@ -166,10 +179,26 @@ class Gateway:
 
     # --- client ops ------------------------------------------------------------------------
 
+    def authenticate(self, token: str | None) -> Identity:
+        """The identity a connection's token proves; raises TokenError to refuse it."""
+        if token:
+            return self.tokens.verify(token)
+        if self.config.anonymous_allowed:
+            return ANONYMOUS
+        raise TokenError("a token is required")
+
+    def authorize(self, identity: Identity, rooms: list[str], *, publish: bool) -> None:
+        """Raise Forbidden unless the room policy lets ``identity`` use every room."""
+        room = self.policy.denied(identity, rooms, publish=publish)
+        if room is not None:
+            verb = "broadcast to" if publish else "join or leave"
+            raise Forbidden(f"the room policy does not let this connection {verb} {room[:64]!r}")
+
+    def reject(self, reason: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+
     async def run_op(self, name: str, make: Callable[[int], wire.Message]) -> wire.Reply:
-        """Send a client's command to the router (room policy first) and time it."""
-        if name in ("join", "leave", "broadcast") and not self.config.development:
-            raise Forbidden("client room operations are not allowed by the room policy")
+        """Send a client's command to the router and time it."""
         started = time.perf_counter()
         reply = await self.upstream.call(make)
         self.metrics.command_duration.labels(name).observe(time.perf_counter() - started)

@@ -56,6 +56,11 @@ class GatewayMetrics:
             "going_away, router_unavailable, error).",
             ("reason",),
         )
+        self.rejected = counter(
+            "rejected_total",
+            "Connections refused, by reason (origin, token, max_connections, draining).",
+            ("reason",),
+        )
         self.frames_in = counter("frames_in_total", "Frames received from clients.")
         self.client_errors = counter(
             "client_errors_total", "Client frames answered with an error, by code.", ("code",)

@@ -9,7 +9,7 @@ from gateway.connection import Connection
 from gateway.frames import text_frame
 from gateway.sails import strip_headers
 from roomcast.core import wire
-from roomcast.core.errors import BadRequest, InternalError, RoomcastError
+from roomcast.core.errors import BadRequest, InternalError, RateLimited, RoomcastError
 
 __all__ = ["PlainHandler"]
 
@@ -39,7 +39,19 @@ class PlainHandler(Connection):
         try:
             op = plainws.parse(message)
         except plainws.FrameError as exc:
-            self.fail(exc.ref, exc.error)
+            if not self.over_limit():
+                self.fail(exc.ref, exc.error)
+            return
+        if self.over_limit():
+            self.fail(op.ref, RateLimited("too many messages: slow down"))
+            return
+        try:
+            if isinstance(op, plainws.BroadcastOp):
+                self.gateway.authorize(self.identity, op.rooms, publish=True)
+            elif isinstance(op, plainws.MembershipOp):
+                self.gateway.authorize(self.identity, op.rooms, publish=False)
+        except RoomcastError as err:
+            self.fail(op.ref, err)
             return
         self.gateway.spawn(self._run(op))
 

@@ -19,9 +19,10 @@ from gateway import sails, socketio
 from gateway.connection import Connection
 from gateway.frames import text_frame
 from gateway.plainws import dumps
+from gateway.tokens import TokenError
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
-from roomcast.core.errors import BadRequest, InternalError, RoomcastError
+from roomcast.core.errors import BadRequest, InternalError, RateLimited, RoomcastError
 
 __all__ = ["GetCookieHandler", "SioHandler", "sio_ticker"]
 
@@ -35,7 +36,10 @@ class SioHandler(Connection):
         self.sdk_ok = False
         self.ns_requested = False  # EIO4: the client sent CONNECT for "/"
         self.last_seen = time.monotonic()
-        self.ping_sent_at: float | None = None
+        self.ping_sent_at: float | None = None  # EIO4: a ping awaits its pong
+        # EIO4: the server pings on a fixed schedule, whatever else the client sends: the client
+        # resets its heartbeat timer only on a ping (engine.io-client 6), not on other traffic.
+        self.next_ping_at = self.last_seen + gateway.config.sio_ping_interval_s
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         # Engine.IO answers plain HTTP (polling) with 400 "Transport unknown"; we serve only
@@ -89,6 +93,30 @@ class SioHandler(Connection):
     def goodbye(self) -> None:
         self.send_payload(socketio.SIO_DISCONNECT)
 
+    def defers_auth(self) -> bool:
+        # EIO4 clients may send the token in the CONNECT packet: {"token": "..."}.
+        return self.eio == 4 and self.auth_error == "a token is required"
+
+    def refuse_token(self) -> None:
+        self.send_payload(socketio.encode_connect_error("/", self.auth_error or "token refused"))
+        super().refuse_token()
+
+    def _connect_auth(self, auth: Any) -> bool:
+        """Check the CONNECT packet's auth object when the handshake carried no token."""
+        if self.auth_error is None:
+            return True
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if isinstance(token, str) and token:
+            try:
+                self.identity = self.gateway.authenticate(token)
+            except TokenError as exc:
+                self.auth_error = str(exc)
+            else:
+                self.auth_error = None
+                return True
+        self.refuse_token()
+        return False
+
     def report_error(self, ref: object, err: RoomcastError) -> None:
         body = dumps(err.as_body())
         if isinstance(ref, int):
@@ -125,10 +153,15 @@ class SioHandler(Connection):
                     socketio.encode_connect_error(packet.namespace, "Invalid namespace")
                 )
                 return
+            if not self._connect_auth(packet.args[0] if packet.args else None):
+                return
             self.ns_requested = True
             if self.registered:
                 self._connect_namespace()
         elif kind == "event":
+            if self.over_limit():
+                self.fail(packet.ack, RateLimited("too many messages: slow down"))
+                return
             if packet.namespace != "/":
                 self.fail(packet.ack, BadRequest("only the / namespace is served"))
                 return
@@ -197,8 +230,12 @@ class SioHandler(Connection):
         if self.ping_sent_at is not None:
             if now - self.ping_sent_at > config.sio_ping_timeout_s:
                 self.disconnect(CloseCode.GOING_AWAY, "ping_timeout")
-        elif now - self.last_seen >= config.sio_ping_interval_s:
+        elif now >= self.next_ping_at:
+            # Scheduled from the previous ping, not from the pong: with a one-second tick,
+            # "interval after the pong" would drift up to a tick late, past what a client
+            # allows (pingInterval + pingTimeout) when the timeout is short.
             self.ping_sent_at = now
+            self.next_ping_at = now + config.sio_ping_interval_s
             self.send_payload(socketio.PING)
 
 
