@@ -34,6 +34,9 @@ def compile_proto() -> None:
 class BuildWithProto(build_py):
     def run(self) -> None:
         compile_proto()
+        # packages.find ran before the code existed: on a clean tree pb/ must be added here.
+        if self.packages is not None and "roomcast.core.pb" not in self.packages:
+            self.packages.append("roomcast.core.pb")
         super().run()
 
 
