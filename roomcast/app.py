@@ -3,7 +3,9 @@
 ``app = App()``; ``@app.action("POST", "/chat/join")`` registers a handler (sync or async) that
 gets a :class:`roomcast.requests.Request` and returns a body, ``(status, body)``,
 ``(status, body, headers)`` or a :class:`~roomcast.requests.Response`. Path parameters
-(``/user/:id``) land in ``req.params``; query-string arguments too (path parameters win).
+(``/user/:id``) land in ``req.params``; query-string arguments too (path parameters win; a
+repeated argument keeps its last value). A ``"*"`` action answers every HTTP method, never the
+``CONNECT`` / ``DISCONNECT`` hooks.
 ``@app.on_connect`` / ``@app.on_disconnect`` register Sails' ``beforeConnect`` /
 ``afterDisconnect`` hooks, served as the virtual routes ``CONNECT /`` and ``DISCONNECT /``
 (gateways call them when started with ``--connect-hook`` / ``--disconnect-hook``).
@@ -24,6 +26,9 @@ __all__ = ["CONNECT", "DISCONNECT", "App", "Handler", "Match"]
 
 Handler: TypeAlias = Callable[[Any], Any | Awaitable[Any]]
 CONNECT, DISCONNECT = "CONNECT", "DISCONNECT"
+# Lifecycle hooks are not requests: a "*" (any method) action never answers them, so a catch-all
+# registered before ``on_connect`` cannot bypass the hook.
+_HOOKS = frozenset({CONNECT, DISCONNECT})
 _METHODS = frozenset(
     {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "*", CONNECT, DISCONNECT}
 )
@@ -36,7 +41,9 @@ class _Route:
     handler: Handler
 
     def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
-        if self.method not in ("*", method) or len(segments) != len(self.segments):
+        if self.method != method and not (self.method == "*" and method not in _HOOKS):
+            return None
+        if len(segments) != len(self.segments):
             return None
         params: dict[str, str] = {}
         for pattern, value in zip(self.segments, segments, strict=True):
@@ -95,7 +102,8 @@ class App:
         for route in self._routes:
             params = route.match(method, segments)
             if params is not None:
-                query = dict(urllib.parse.parse_qsl(parts.query))
+                # Like Sails (qs): a present-but-empty argument (``?flag=``, ``?flag``) is "".
+                query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
                 return Match(route.handler, {**query, **params}, parts.path)
         return None
 

@@ -49,13 +49,27 @@ class WorkerConfig:
 
 
 def normalize_result(result: Any) -> tuple[int, Any, dict[str, Any]]:
-    """A handler's return value as (status, body, headers)."""
+    """A handler's return value as (status, body, headers).
+
+    A :class:`Response`, or a 2- or 3-tuple whose first item is an int (not a bool), gives the
+    status; anything else is a 200 body. A status outside 100-599 raises ``ValueError`` (the
+    worker answers 500 and logs it: it is the handler's bug, and the wire cannot carry it).
+    """
     if isinstance(result, Response):
-        return result.status, result.body, dict(result.headers)
-    if isinstance(result, tuple) and len(result) in (2, 3) and isinstance(result[0], int):
-        headers = result[2] if len(result) == 3 else {}
-        return result[0], result[1], dict(headers)
-    return 200, result, {}
+        status, body, headers = result.status, result.body, dict(result.headers)
+    elif (
+        isinstance(result, tuple)
+        and len(result) in (2, 3)
+        and isinstance(result[0], int)
+        and not isinstance(result[0], bool)
+    ):
+        status, body = result[0], result[1]
+        headers = dict(result[2]) if len(result) == 3 else {}
+    else:
+        return 200, result, {}
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"an action status must be an int in 100-599, got {status!r}")
+    return status, body, headers
 
 
 class Worker:
@@ -147,6 +161,16 @@ class Worker:
             )
             call = match.handler(req) if is_async else asyncio.to_thread(match.handler, req)
             result = await asyncio.wait_for(call, self.config.handler_timeout_s)
+        except RoomcastError as err:
+            return _error(msg.ref, err)
+        except TimeoutError:
+            return _error(msg.ref, Timeout("the action did not answer in time"))
+        except Exception:
+            log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
+            return _error(msg.ref, ActionFailed("internal server error"))
+        # What the handler returned is its own bug when unusable (a bad status, a body that is
+        # not JSON): a 500 logged here, never a 400 that would blame the client.
+        try:
             status, body, headers = normalize_result(result)
             return wire.Reply(
                 ref=msg.ref,
@@ -154,12 +178,13 @@ class Worker:
                 body=encode_json(body, "body"),
                 headers=encode_json(headers, "headers"),
             )
-        except RoomcastError as err:
-            return _error(msg.ref, err)
-        except TimeoutError:
-            return _error(msg.ref, Timeout("the action did not answer in time"))
-        except Exception:
-            log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
+        except (RoomcastError, TypeError, ValueError) as exc:
+            log.error(
+                "action %s %s returned an unusable result: %s",
+                msg.method,
+                msg.url.split("?")[0][:200],
+                exc,
+            )
             return _error(msg.ref, ActionFailed("internal server error"))
 
     def _sync(self) -> Any:
