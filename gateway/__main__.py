@@ -124,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     )
     p.add_argument("--command-timeout", type=float, default=d.command_timeout_s, help="seconds")
     p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout_s,
+        help="virtual requests (s); keep it above the router's --request-timeout",
+    )
+    p.add_argument(
         "--sio-ping-interval", type=float, default=d.sio_ping_interval_s, help="Engine.IO (s)"
     )
     p.add_argument(
@@ -170,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         router_timeout_s=a.router_timeout,
         router_unavailable_close_s=a.router_unavailable_close,
         command_timeout_s=a.command_timeout,
+        request_timeout_s=a.request_timeout,
         sio_ping_interval_s=a.sio_ping_interval,
         sio_ping_timeout_s=a.sio_ping_timeout,
         ping_interval_s=a.ping_interval,

@@ -18,6 +18,9 @@ class GatewayConfig:
     router_unavailable_close_s: float = 30.0  # then clients are closed with 4002
     hello_retry_s: float = 0.25
     command_timeout_s: float = 10.0
+    # Virtual requests: the router answers 504 after its --request-timeout (30 s), so wait longer
+    # than that and let the router's answer reach the client.
+    request_timeout_s: float = 35.0
     resync_batch_sockets: int = 500
     # Public and internal HTTP
     host: str = "127.0.0.1"

@@ -44,8 +44,13 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.auth_error: str | None = None
         self.registered = False  # the router knows this socket
         self.welcomed = False  # the client knows its id: deliveries may flow
+        self.hooking = False  # the connect hook (beforeConnect) is deciding
         self._dirty = False
         self._close_reason: str | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._close_reason is not None
 
     # --- protocol hooks --------------------------------------------------------------------
 

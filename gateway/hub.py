@@ -115,7 +115,8 @@ class Gateway:
                 self.spawn(self._after_disconnect(conn.sid, rooms))
 
     async def _register(self, conns: Iterable[Connection]) -> None:
-        pending = [c for c in conns if not c.registered]
+        # Skip sockets closing or already asking the connect hook (a link reset may re-run us).
+        pending = [c for c in conns if not (c.registered or c.closing or c.hooking)]
         if not pending:
             return
         ids = tuple(c.sid for c in pending)
@@ -128,6 +129,7 @@ class Gateway:
         for conn in pending:
             if conn.sid in self.conns:
                 if self.config.connect_hook:
+                    conn.hooking = True
                     self.spawn(self._before_connect(conn))
                 else:
                     conn.on_registered()
@@ -200,7 +202,9 @@ class Gateway:
     async def run_op(self, name: str, make: Callable[[int], wire.Message]) -> wire.Reply:
         """Send a client's command to the router and time it."""
         started = time.perf_counter()
-        reply = await self.upstream.call(make)
+        slow = name in ("request", "connect", "disconnect")  # answered by action workers
+        timeout = self.config.request_timeout_s if slow else None
+        reply = await self.upstream.call(make, timeout_s=timeout)
         self.metrics.command_duration.labels(name).observe(time.perf_counter() - started)
         return reply
 

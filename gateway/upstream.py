@@ -117,7 +117,9 @@ class Upstream:
             raise RouterUnavailable("router unavailable") from None
         self._dealer_reader.kick()
 
-    async def call(self, make: Callable[[int], wire.Message]) -> wire.Reply:
+    async def call(
+        self, make: Callable[[int], wire.Message], *, timeout_s: float | None = None
+    ) -> wire.Reply:
         """Send a command built with a fresh ref and wait for the router's reply."""
         if self.state != "ready":
             raise RouterUnavailable("router unavailable")
@@ -126,7 +128,7 @@ class Upstream:
         self._pending[ref] = fut
         try:
             self.send(make(ref))
-            reply = await asyncio.wait_for(fut, self.config.command_timeout_s)
+            reply = await asyncio.wait_for(fut, timeout_s or self.config.command_timeout_s)
         except TimeoutError:
             raise Timeout("router did not answer in time") from None
         finally:

@@ -517,8 +517,10 @@ class Cluster:
     ) -> Response:
         """Route a virtual request on behalf of ``socket`` to an action worker.
 
-        The action's own status (404, 500, ...) comes back in the :class:`Response`; routing
-        failures raise (``NoWorker`` when no worker serves it, ``Timeout``, ...).
+        A status the handler returned itself (any 4xx/5xx included) comes back in the
+        :class:`Response`; what roomcast decided raises: ``NotFound`` (no action matches),
+        ``ActionFailed`` (the handler raised), ``Timeout`` (too slow), ``NoWorker`` (none
+        connected, or it went away).
         """
         if not isinstance(method, str) or not method:
             raise BadRequest("method must be a non-empty string")

@@ -88,6 +88,7 @@ class Router:
         self.topology = Topology(max_rooms_per_socket=config.max_rooms_per_socket)
         self._gateways: dict[str, _Gateway] = {}
         self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
+        self._known_workers = 0
         self._commands = ctx.socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.LINGER, 0)
         self._commands.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -256,6 +257,7 @@ class Router:
             if msg.role is wire.Role.WORKER and not self.workers.seen(identity, now):
                 # Workers repeat Hello as their heartbeat; only a new one is news.
                 self.workers.add(identity, now)
+                self._known_workers = len(self.workers)
                 log.info("worker %s hello (%d workers)", msg.node_id, len(self.workers))
             self._reply(identity, None, ack)
             return
@@ -343,7 +345,7 @@ class Router:
                 )
             except zmq.ZMQError:
                 self.workers.answer(router_ref)
-                self.workers.remove(worker)
+                self._orphaned(self.workers.remove(worker))
                 continue
             self.metrics.requests_forwarded.inc()
             return
@@ -424,13 +426,25 @@ class Router:
                 )
 
     def _expire_workers(self, now: float) -> None:
-        dead, late = self.workers.expire(now)
-        for _ in dead:
-            self.metrics.worker_expired.inc()
-        if dead:
-            log.warning("%d action workers expired after missed heartbeats", len(dead))
+        orphans, late = self.workers.expire(now)
+        if orphans or len(self.workers) < self._known_workers:
+            log.warning(
+                "%d action workers expired after missed heartbeats (%d requests orphaned)",
+                self._known_workers - len(self.workers),
+                len(orphans),
+            )
+            self.metrics.worker_expired.inc(max(0, self._known_workers - len(self.workers)))
+        self._known_workers = len(self.workers)
+        self._orphaned(orphans)
         for origin in late:
             self._late(origin)
+
+    def _orphaned(self, orphans: list[Origin]) -> None:
+        """Requests whose worker went away: answer now rather than at the deadline."""
+        for origin in orphans:
+            self.metrics.requests_answered.labels("5xx").inc()
+            err = NoWorker("the action worker went away before answering")
+            self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
 
     def _late(self, origin: Origin) -> None:
         self.metrics.requests_answered.labels("timeout").inc()

@@ -49,8 +49,11 @@ class WorkerPool:
     def add(self, worker: bytes, now: float) -> None:
         self._last_seen[worker] = now
 
-    def remove(self, worker: bytes) -> None:
+    def remove(self, worker: bytes) -> list[Origin]:
+        """Forget a worker; returns the requests it had in flight (now orphaned)."""
         self._last_seen.pop(worker, None)
+        orphaned = [ref for ref, o in self._pending.items() if o.worker == worker]
+        return [self._pending.pop(ref) for ref in orphaned]
 
     def forward(
         self, identity: bytes, gateway: str | None, ref: int, now: float, request_timeout_s: float
@@ -68,10 +71,13 @@ class WorkerPool:
     def answer(self, router_ref: int) -> Origin | None:
         return self._pending.pop(router_ref, None)
 
-    def expire(self, now: float) -> tuple[list[bytes], list[Origin]]:
-        """Workers silent for longer than the timeout, and requests past their deadline."""
-        dead = [w for w, seen in self._last_seen.items() if now - seen > self.timeout_s]
+    def expire(self, now: float) -> tuple[list[Origin], list[Origin]]:
+        """Requests orphaned by workers silent for longer than the timeout (which are
+        forgotten), and requests past their deadline."""
+        dead = {w for w, seen in self._last_seen.items() if now - seen > self.timeout_s}
         for worker in dead:
             del self._last_seen[worker]
+        orphaned = [ref for ref, o in self._pending.items() if o.worker in dead]
+        orphans = [self._pending.pop(ref) for ref in orphaned]
         late = [ref for ref, o in self._pending.items() if o.deadline <= now]
-        return dead, [self._pending.pop(ref) for ref in late]
+        return orphans, [self._pending.pop(ref) for ref in late]
