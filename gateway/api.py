@@ -35,6 +35,9 @@ __all__ = ["Api", "ApiHandler", "OpenApiHandler"]
 
 log = logging.getLogger("roomcast.gateway.api")
 
+_NO_TORNADO_CAP = 1 << 62  # bytes; ApiHandler enforces Api.max_body_bytes itself
+# An oversize body up to this many times the limit is read (and dropped) before the 413.
+_DRAIN_FACTOR = 4
 _Run = Callable[[Cluster, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -244,38 +247,52 @@ class Api:
 class ApiHandler(tornado.web.RequestHandler):
     """``POST /api/<operation>``.
 
-    The body is streamed in so that one over ``max_body_bytes`` gets a 413 in our error format
-    whatever its size (declared or chunked) without being buffered: Tornado's own cap would
-    answer a bare 400. Such a body is refused as soon as it is known to be too big; the rest is
-    not read and Tornado closes the connection after the answer.
+    The body is streamed in, so that one over ``max_body_bytes`` gets a 413 in our error format
+    whatever its size or framing, without being buffered (Tornado's own cap would answer a bare
+    400). Up to ``_DRAIN_FACTOR`` times the limit it is read and dropped, and the 413 comes at
+    its end, as a client that sends the whole body before reading expects; past that the 413 is
+    sent at once and Tornado closes the connection without reading the rest.
     """
 
     def initialize(self, api: Api) -> None:
         self.api = api
         self._chunks: list[bytes] = []
         self._received = 0
+        self._oversize = 0  # the size of a body over the limit (declared or seen so far)
 
     def prepare(self) -> None:
         if self.request.method != "POST":
             return
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            # Our limits, not Tornado's: the body reaches data_received in pieces of at most
+            # Tornado's chunk size, and is dropped or refused there.
+            connection.set_max_body_size(_NO_TORNADO_CAP)
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.api.max_body_bytes:
-            self._refuse_oversize(int(declared))
+            self._oversize = int(declared)
+            if self._oversize > _DRAIN_FACTOR * self.api.max_body_bytes:
+                self._refuse_now()
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
         self._received += len(chunk)
-        if self._received > self.api.max_body_bytes:
-            self._refuse_oversize(self._received)
-        else:
+        if self._received <= self.api.max_body_bytes:
             self._chunks.append(chunk)
+            return
+        self._chunks.clear()
+        self._oversize = max(self._oversize, self._received)
+        if self._received > _DRAIN_FACTOR * self.api.max_body_bytes:
+            self._refuse_now()
 
     async def post(self, name: str) -> None:
         if self._finished:
             return
         try:
             self._check(name)
+            if self._oversize:
+                raise PayloadTooLarge(size=self._oversize, limit=self.api.max_body_bytes)
             body = self._body()
             result = await self.api.run(name, body)
         except RoomcastError as err:
@@ -306,17 +323,12 @@ class ApiHandler(tornado.web.RequestHandler):
         if name not in OPERATIONS:
             raise NotFound(f"unknown operation {name[:64]!r}")
 
-    def _refuse_oversize(self, size: int) -> None:
-        # A missing key or an unknown operation still answer first, as in post().
+    def _refuse_now(self) -> None:
+        # Before the body's end; a missing key or an unknown operation still answer first.
         try:
             self._check(self.path_args[0])
-            raise PayloadTooLarge(size=size, limit=self.api.max_body_bytes)
+            raise PayloadTooLarge(size=self._oversize, limit=self.api.max_body_bytes)
         except RoomcastError as err:
-            connection = self.request.connection
-            if isinstance(connection, HTTP1Connection):
-                # Tornado would otherwise add a bare 400 for a Content-Length over the
-                # server's cap after our answer; the body is not read either way.
-                connection.set_max_body_size(max(size, self.api.max_body_bytes))
             self._answer(err.status, err.as_body())
 
     def _body(self) -> dict[str, Any]:
