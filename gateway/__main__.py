@@ -15,6 +15,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from gateway.api import Api
@@ -33,8 +34,16 @@ log = logging.getLogger("roomcast.gateway")
 def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     d = GatewayConfig()
     p = EnvArgumentParser(prog="roomcast gateway", description="Run a roomcast gateway.")
-    p.add_argument("--router", default=d.router, help="router commands address to connect")
-    p.add_argument("--fanout", default=d.fanout, help="router fanout address to connect")
+    p.add_argument(
+        "--router",
+        default=d.router,
+        help="router commands address to connect (a primary/backup pair: both, comma-separated)",
+    )
+    p.add_argument(
+        "--fanout",
+        default=d.fanout,
+        help="router fanout address to connect (a pair: both, in --router's order)",
+    )
     p.add_argument("--gateway-id", default="", help="stable id (default: random per process)")
     p.add_argument("--host", default=d.host, help="public bind host")
     p.add_argument("--port", type=int, default=d.port, help="public port (0: free)")
@@ -135,11 +144,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     p.add_argument(
         "--sio-ping-timeout", type=float, default=d.sio_ping_timeout_s, help="Engine.IO (s)"
     )
+    p.add_argument(
+        "--sio-connect-timeout",
+        type=float,
+        default=d.sio_connect_timeout_s,
+        help="Socket.IO v4 clients must CONNECT within (s), then 1008",
+    )
     p.add_argument("--ping-interval", type=float, default=d.ping_interval_s, help="seconds")
     p.add_argument("--ping-timeout", type=float, default=d.ping_timeout_s, help="seconds")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    routers = [r for r in a.router.split(",") if r.strip()]
+    fanouts = [f for f in a.fanout.split(",") if f.strip()]
+    if not routers or len(routers) != len(fanouts):
+        p.error("--router and --fanout need the same number of addresses (one each per router)")
     config = GatewayConfig(
         router=a.router,
         fanout=a.fanout,
@@ -154,9 +173,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         token_secrets=load_secrets(
             a.token_secret_file, os.environ.get("ROOMCAST_TOKEN_SECRET", "")
         ),
-        token_public_keys=tuple(
-            _read(path, "--token-public-key-file") for path in a.token_public_key_file
-        ),
+        token_public_keys=tuple(load_public_key(path) for path in a.token_public_key_file),
         token_audience=a.token_audience or None,
         token_issuer=a.token_issuer or None,
         token_leeway_s=a.token_leeway,
@@ -179,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         request_timeout_s=a.request_timeout,
         sio_ping_interval_s=a.sio_ping_interval,
         sio_ping_timeout_s=a.sio_ping_timeout,
+        sio_connect_timeout_s=a.sio_connect_timeout,
         ping_interval_s=a.ping_interval,
         ping_timeout_s=a.ping_timeout,
         drain_timeout_s=a.drain_timeout,
@@ -194,11 +212,29 @@ def _read(path: str, flag: str) -> str:
         raise SystemExit(f"roomcast gateway: cannot read {flag}: {exc}") from None
 
 
+MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
+
+
 def load_secrets(path: str, env_value: str) -> tuple[bytes, ...]:
     """HS256 secrets from a file (one per line) and/or a variable (one secret)."""
     lines = _read(path, "--token-secret-file").splitlines() if path else []
     secrets = [s.strip() for s in [env_value, *lines] if s.strip() and not s.startswith("#")]
+    for secret in secrets:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise SystemExit(
+                f"roomcast gateway: token secrets must be at least {MIN_SECRET_BYTES} bytes"
+            )
     return tuple(s.encode() for s in secrets)
+
+
+def load_public_key(path: str) -> str:
+    """A PEM public key, checked now: a bad file would otherwise refuse every token later."""
+    pem = _read(path, "--token-public-key-file")
+    try:
+        serialization.load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise SystemExit(f"roomcast gateway: {path} is not a PEM public key: {exc}") from None
+    return pem
 
 
 def load_api_keys(path: str, env_value: str) -> tuple[str, ...]:

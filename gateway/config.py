@@ -9,7 +9,7 @@ __all__ = ["GatewayConfig"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
-    # Router link
+    # Router link. A primary/backup pair: comma-separated, in the same order in both (pairs).
     router: str = "tcp://127.0.0.1:5570"
     fanout: str = "tcp://127.0.0.1:5571"
     gateway_id: str = ""  # empty: random
@@ -17,6 +17,7 @@ class GatewayConfig:
     router_timeout_s: float = 5.0  # no RouterBeat this long: router unavailable, not ready
     router_unavailable_close_s: float = 30.0  # then clients are closed with 4002
     hello_retry_s: float = 0.25
+    hello_timeout_s: float = 1.0  # several routers: no HelloAck from one this long, try the next
     command_timeout_s: float = 10.0
     # Virtual requests: the router answers 504 after its --request-timeout (30 s), so wait longer
     # than that and let the router's answer reach the client.
@@ -54,10 +55,21 @@ class GatewayConfig:
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
     sio_ping_interval_s: float = 25.0  # Engine.IO heartbeats (Sails' defaults)
     sio_ping_timeout_s: float = 60.0
+    sio_connect_timeout_s: float = 45.0  # EIO4: CONNECT "/" due within (Socket.IO's default)
     ping_interval_s: float = 25.0  # WebSocket-level pings on every connection
     ping_timeout_s: float = 20.0  # Tornado requires it below the interval
     # Shutdown
     drain_timeout_s: float = 10.0
+
+    @property
+    def routers(self) -> tuple[str, ...]:
+        """The routers' commands addresses (one, or a primary/backup pair)."""
+        return _addresses(self.router)
+
+    @property
+    def fanouts(self) -> tuple[str, ...]:
+        """Their fanout addresses, in the same order."""
+        return _addresses(self.fanout)
 
     @property
     def development(self) -> bool:
@@ -81,3 +93,7 @@ class GatewayConfig:
                 "Configure one, or use --env development on a trusted machine."
             )
         return None
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in value.split(",") if a.strip())

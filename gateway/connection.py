@@ -102,7 +102,8 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         # Exact matches only, like Sails' onlyAllowOrigins. Tornado asks only when the client
-        # sent an Origin: browsers always do, so a request without one is not a web page's.
+        # sent an Origin that is not the gateway's own (same-origin pages pass): browsers always
+        # send one, so a request without it is not a web page's.
         allowed = self.gateway.config.allowed_origins
         if not allowed or origin in allowed:
             return True

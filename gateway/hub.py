@@ -46,6 +46,9 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.local = LocalRooms()
+        # Presence identity (user, metadata JSON) of local sockets that have one: from their
+        # token, or set by a backend; replayed to the router on resync.
+        self.identities: dict[str, tuple[str, bytes]] = {}
         self.conns: dict[str, Connection] = {}
         self.draining = False
         self._dirty: list[Connection] = []
@@ -92,10 +95,31 @@ class Gateway:
     def attach(self, conn: Connection) -> None:
         self.conns[conn.sid] = conn
         self.local.add_socket(conn.sid)
+        if conn.identity.user:
+            self.identities[conn.sid] = (conn.identity.user, b"")
         self.metrics.connections.inc()
         self.metrics.connections_opened.inc()
-        if self.upstream.ready:
+        # A socket still owing its token (Socket.IO v4 sends it with CONNECT) is not registered
+        # with the router until identify(): the cluster never sees an unauthenticated socket.
+        if self.upstream.ready and conn.auth_error is None:
             self.spawn(self._register((conn,)))
+
+    def identify(self, conn: Connection) -> None:
+        """A connection proved its identity after attach (Socket.IO CONNECT auth)."""
+        user = conn.identity.user
+        if user:
+            self.identities[conn.sid] = (user, b"")
+        if conn.registered:
+            if user:
+                self.spawn(self._set_presence(conn.sid, user))
+        elif self.upstream.ready:
+            self.spawn(self._register((conn,)))
+
+    async def _set_presence(self, sid: str, user: str) -> None:
+        try:
+            await self.upstream.call(lambda ref: wire.SetPresence(ref=ref, socket=sid, user=user))
+        except RoomcastError as err:
+            log.debug("presence identity not recorded: %s", err.code)
 
     def count_disconnect(self, reason: str) -> None:
         self.metrics.disconnects.labels(reason).inc()
@@ -105,6 +129,7 @@ class Gateway:
             return
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
+        self.identities.pop(conn.sid, None)
         self.metrics.connections.dec()
         if self.upstream.ready:
             try:
@@ -116,13 +141,18 @@ class Gateway:
 
     async def _register(self, conns: Iterable[Connection]) -> None:
         # Skip sockets closing or already asking the connect hook (a link reset may re-run us).
-        pending = [c for c in conns if not (c.registered or c.closing or c.hooking)]
+        pending = [
+            c
+            for c in conns
+            if not (c.registered or c.closing or c.hooking or c.auth_error is not None)
+        ]
         if not pending:
             return
         ids = tuple(c.sid for c in pending)
+        users = tuple(self.identities.get(c.sid, ("", b""))[0] for c in pending)
         started = time.perf_counter()
         try:
-            await self.upstream.call(lambda ref: wire.SocketOpen(ref=ref, sockets=ids))
+            await self.upstream.call(lambda ref: wire.SocketOpen(ref=ref, sockets=ids, users=users))
         except RoomcastError:
             return  # link reset: registered again when it is back (on_link)
         self.metrics.command_duration.labels("open").observe(time.perf_counter() - started)
@@ -235,6 +265,11 @@ class Gateway:
             sent += 1
         if sent:
             self.metrics.messages_out.inc(sent)
+        if msg.confirm:
+            try:
+                self.upstream.send(wire.Delivered(confirm=msg.confirm, sockets=sent))
+            except RoomcastError:
+                pass  # the publisher's receipt then says incomplete
         if msg.accepted_ns:
             latency = (time.time_ns() - msg.accepted_ns) / 1e9
             self.metrics.delivery_latency.observe(max(0.0, latency))
@@ -244,6 +279,13 @@ class Gateway:
             self.local.join(item.socket, item.rooms)
         for item in msg.leaves:
             self.local.leave(item.socket, item.rooms)
+        for item in msg.identities:
+            if item.socket not in self.conns:
+                continue
+            if item.user:
+                self.identities[item.socket] = (item.user, item.meta)
+            else:
+                self.identities.pop(item.socket, None)
 
     def on_batch_end(self) -> None:
         self.flush()
@@ -253,8 +295,13 @@ class Gateway:
         if ready:
             self.spawn(self._register(list(self.conns.values())))
 
-    def resync_state(self) -> Iterable[tuple[str, Iterable[str]]]:
-        return [(sid, set(self.local.rooms_of(sid))) for sid in self.local.sockets()]
+    def resync_state(self) -> Iterable[wire.SocketRooms]:
+        state = []
+        for sid in self.local.sockets():
+            rooms = tuple(r for r in self.local.rooms_of(sid) if r != sid)
+            user, meta = self.identities.get(sid, ("", b""))
+            state.append(wire.SocketRooms(socket=sid, rooms=rooms, user=user, meta=meta))
+        return state
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -304,3 +351,15 @@ class Gateway:
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if not self.conns:
+            return
+        # Clients that never completed the close (Tornado would wait 5 s more) must not outlive
+        # the drain: detach them while the router link is still up, so the router hears they
+        # left now and their late on_close (at loop teardown, after the link is closed) has
+        # nothing left to send; then cut their connections.
+        log.warning("drain timeout: cutting %d connections that did not close", len(self.conns))
+        for conn in list(self.conns.values()):
+            self.detach(conn)
+            ws = conn.ws_connection
+            if ws is not None and ws.stream is not None:
+                ws.stream.close()

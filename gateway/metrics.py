@@ -80,6 +80,9 @@ class GatewayMetrics:
         self.router_timeouts = counter(
             "router_timeouts_total", "Router heartbeats missed for longer than the timeout."
         )
+        self.router_switches = counter(
+            "router_switches_total", "Times a gateway turned to the other router of a pair."
+        )
         self.commands_dropped = counter(
             "commands_dropped_total", "Commands that could not be sent to the router."
         )

@@ -16,6 +16,10 @@ __all__ = ["PlainHandler"]
 log = logging.getLogger("roomcast.gateway")
 
 
+def _slow_down() -> RateLimited:
+    return RateLimited("too many messages: slow down")
+
+
 class PlainHandler(Connection):
     def event_frame(self, event: str, data_json: bytes) -> bytes:
         return text_frame(plainws.encode_event(event, data_json))
@@ -33,23 +37,28 @@ class PlainHandler(Connection):
 
     def on_message(self, message: str | bytes) -> None:
         self.gateway.metrics.frames_in.inc()
+        # Every frame spends from the budget, whatever it holds: garbage floods are abuse too.
+        # Refused frames are still answered (429, to the ref when there is one) until the close.
+        limited = self.over_limit()
         if isinstance(message, bytes):
-            self.fail(None, BadRequest("binary frames are not supported"))
+            self.fail(
+                None, _slow_down() if limited else BadRequest("binary frames are not supported")
+            )
             return
         try:
             op = plainws.parse(message)
         except plainws.FrameError as exc:
-            if not self.over_limit():
-                self.fail(exc.ref, exc.error)
+            self.fail(exc.ref, _slow_down() if limited else exc.error)
             return
-        if self.over_limit():
-            self.fail(op.ref, RateLimited("too many messages: slow down"))
+        if limited:
+            self.fail(op.ref, _slow_down())
             return
         try:
             if isinstance(op, plainws.BroadcastOp):
                 self.gateway.authorize(self.identity, op.rooms, publish=True)
-            elif isinstance(op, plainws.MembershipOp):
-                self.gateway.authorize(self.identity, op.rooms, publish=False)
+            elif isinstance(op, (plainws.MembershipOp, plainws.PresenceOp)):
+                rooms = op.rooms if isinstance(op, plainws.MembershipOp) else [op.room]
+                self.gateway.authorize(self.identity, rooms, publish=False)
         except RoomcastError as err:
             self.fail(op.ref, err)
             return
@@ -77,6 +86,12 @@ class PlainHandler(Connection):
                     ),
                 )
                 self.send_payload(plainws.encode_reply(op.ref, 200, {}))
+            elif isinstance(op, plainws.PresenceOp):
+                kind = wire.QueryKind.PRESENCE_STATS if op.stats else wire.QueryKind.PRESENCE
+                reply = await run(
+                    "presence", lambda ref: wire.Query(ref=ref, kind=kind, target=op.room)
+                )
+                self.send_payload(plainws.encode_raw_reply(op.ref, 200, reply.body, b"{}"))
             else:
                 reply = await run(
                     "request",

@@ -12,13 +12,14 @@ import json
 from typing import Any
 
 from roomcast.core.errors import BadRequest, RoomcastError
-from roomcast.core.rooms import as_room_list
+from roomcast.core.rooms import as_room_list, validate_room
 
 __all__ = [
     "BroadcastOp",
     "FrameError",
     "MembershipOp",
     "Op",
+    "PresenceOp",
     "RequestOp",
     "dumps",
     "encode_error",
@@ -62,7 +63,16 @@ class RequestOp:
     headers: bytes
 
 
-Op = MembershipOp | BroadcastOp | RequestOp
+@dataclasses.dataclass(frozen=True, slots=True)
+class PresenceOp:
+    """Who is in a room (``stats``: only the numbers of connections and unique users)."""
+
+    ref: Ref
+    room: str
+    stats: bool
+
+
+Op = MembershipOp | BroadcastOp | RequestOp | PresenceOp
 
 
 class FrameError(Exception):
@@ -125,7 +135,7 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
         return BroadcastOp(
             ref, as_room_list(frame.get("rooms")), _utf8(event), dumps(frame.get("data")), echo
         )
-    if op not in ("join", "leave", "request"):
+    if op not in ("join", "leave", "request", "presence", "presence_stats"):
         raise BadRequest(f"unknown op {op[:64]!r}" if isinstance(op, str) else "missing op")
     if ref is None:
         raise BadRequest(f"{op} needs a ref (integer or string)")
@@ -140,6 +150,8 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
         if not isinstance(headers, dict):
             raise BadRequest("headers must be an object")
         return RequestOp(ref, method.upper(), _utf8(url), dumps(frame.get("data")), dumps(headers))
+    if op in ("presence", "presence_stats"):
+        return PresenceOp(ref, validate_room(frame.get("room")), op == "presence_stats")
     rooms = frame.get("room", frame.get("rooms"))
     return MembershipOp(ref, as_room_list(rooms), op == "leave")
 

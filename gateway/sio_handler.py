@@ -23,10 +23,17 @@ from gateway.tokens import TokenError
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import BadRequest, InternalError, RateLimited, RoomcastError
+from roomcast.core.rooms import validate_room
 
 __all__ = ["GetCookieHandler", "SioHandler", "sio_ticker"]
 
 log = logging.getLogger("roomcast.gateway")
+
+# roomcast's Socket.IO extension events (plain Socket.IO clients never send them).
+_PRESENCE_EVENTS = frozenset({"roomcast:presence", "roomcast:presence_stats"})
+
+# The hub calls tick() once a second (gateway/hub.py, Gateway._tick).
+_TICK_S = 1.0
 
 
 class SioHandler(Connection):
@@ -35,7 +42,7 @@ class SioHandler(Connection):
         self.eio = 4
         self.sdk_ok = False
         self.ns_requested = False  # EIO4: the client sent CONNECT for "/"
-        self.last_seen = time.monotonic()
+        self.last_seen = self.opened_at = time.monotonic()
         self.ping_sent_at: float | None = None  # EIO4: a ping awaits its pong
         # EIO4: the server pings on a fixed schedule, whatever else the client sends: the client
         # resets its heartbeat timer only on a ping (engine.io-client 6), not on other traffic.
@@ -102,10 +109,18 @@ class SioHandler(Connection):
         super().refuse_token()
 
     def _connect_auth(self, auth: Any) -> bool:
-        """Check the CONNECT packet's auth object when the handshake carried no token."""
-        if self.auth_error is None:
-            return True
+        """Check the CONNECT packet's auth object when the handshake carried no token.
+
+        A token given there is verified even where anonymous clients are allowed: a bad one is
+        refused, as it would be in the query or a header, never downgraded to anonymous.
+        """
+        if self.ns_requested:
+            return True  # "/" is connected already: a repeated CONNECT changes nothing
         token = auth.get("token") if isinstance(auth, dict) else None
+        if self.auth_error is None and (
+            not (isinstance(token, str) and token) or self.request_token() is not None
+        ):
+            return True  # the handshake's token (or anonymous, with no token anywhere) stands
         if isinstance(token, str) and token:
             try:
                 self.identity = self.gateway.authenticate(token)
@@ -113,6 +128,7 @@ class SioHandler(Connection):
                 self.auth_error = str(exc)
             else:
                 self.auth_error = None
+                self.gateway.identify(self)
                 return True
         self.refuse_token()
         return False
@@ -141,8 +157,12 @@ class SioHandler(Connection):
             self._malformed(str(exc))
             return
         kind = packet.kind
+        # Every packet spends from the budget (a ping flood is as abusive as an event flood);
+        # over it, pings go unanswered and events get 429 (then 4003 on sustained abuse).
+        limited = self.over_limit()
         if kind == "ping":  # EIO3: the client pings
-            self.send_payload(socketio.PONG + packet.data)
+            if not limited:
+                self.send_payload(socketio.PONG + packet.data)
         elif kind == "pong":
             self.ping_sent_at = None
         elif kind == "close" or kind == "disconnect":
@@ -159,7 +179,7 @@ class SioHandler(Connection):
             if self.registered:
                 self._connect_namespace()
         elif kind == "event":
-            if self.over_limit():
+            if limited:
                 self.fail(packet.ack, RateLimited("too many messages: slow down"))
                 return
             if packet.namespace != "/":
@@ -174,6 +194,9 @@ class SioHandler(Connection):
 
     def _on_event(self, packet: socketio.Packet) -> None:
         event = packet.args[0]
+        if event in _PRESENCE_EVENTS and self.welcomed:
+            self._presence(packet, stats=event == "roomcast:presence_stats")
+            return
         if event not in sails.VIRTUAL_METHODS:
             if packet.ack is not None:
                 self.fail(packet.ack, BadRequest(f"unknown event {event[:64]!r}"))
@@ -193,6 +216,30 @@ class SioHandler(Connection):
             self.fail(packet.ack, err)
             return
         self.gateway.spawn(self._request(packet.ack, request))
+
+    def _presence(self, packet: socketio.Packet, *, stats: bool) -> None:
+        """roomcast extension: ``emit("roomcast:presence", {room}, ack)`` -> JWR with presence."""
+        try:
+            arg = packet.args[1] if len(packet.args) > 1 else None
+            room = validate_room(arg.get("room") if isinstance(arg, dict) else None)
+            self.gateway.authorize(self.identity, [room], publish=False)
+        except RoomcastError as err:
+            self.fail(packet.ack, err)
+            return
+        kind = wire.QueryKind.PRESENCE_STATS if stats else wire.QueryKind.PRESENCE
+
+        async def ask() -> None:
+            try:
+                reply = await self.gateway.run_op(
+                    "presence", lambda ref: wire.Query(ref=ref, kind=kind, target=room)
+                )
+            except RoomcastError as err:
+                self.fail(packet.ack, err)
+                return
+            if packet.ack is not None:
+                self._ack(packet.ack, sails.encode_jwr(200, reply.body, b"{}"))
+
+        self.gateway.spawn(ask())
 
     async def _request(self, ack: int | None, request: sails.VirtualRequest) -> None:
         sid = self.sid
@@ -222,6 +269,12 @@ class SioHandler(Connection):
 
     def tick(self, now: float) -> None:
         config = self.gateway.config
+        # Socket.IO's connectTimeout: a client that never asks for "/" (and so may never present
+        # its token) must not hold a connection slot forever.
+        waited = now - self.opened_at
+        if self.eio == 4 and not self.ns_requested and waited > config.sio_connect_timeout_s:
+            self.disconnect(CloseCode.POLICY_VIOLATION, "connect_timeout")
+            return
         if self.eio == 3:
             # EIO3 clients ping every interval; silence past interval + timeout is a dead peer.
             if now - self.last_seen > config.sio_ping_interval_s + config.sio_ping_timeout_s:
@@ -230,10 +283,11 @@ class SioHandler(Connection):
         if self.ping_sent_at is not None:
             if now - self.ping_sent_at > config.sio_ping_timeout_s:
                 self.disconnect(CloseCode.GOING_AWAY, "ping_timeout")
-        elif now >= self.next_ping_at:
-            # Scheduled from the previous ping, not from the pong: with a one-second tick,
-            # "interval after the pong" would drift up to a tick late, past what a client
-            # allows (pingInterval + pingTimeout) when the timeout is short.
+        elif now + _TICK_S > self.next_ping_at:
+            # Never late, up to a tick early: the client allows pingInterval + pingTimeout from
+            # the handshake or the last ping, and a ping sent at the first tick *after* it is
+            # due (or "interval after the pong") can be a whole tick late, past that allowance
+            # when the timeout is short. Scheduled from the previous ping, not from the pong.
             self.ping_sent_at = now
             self.next_ping_at = now + config.sio_ping_interval_s
             self.send_payload(socketio.PING)

@@ -60,8 +60,15 @@ class TokenVerifier:
                     audience=self.audience,
                     issuer=self.issuer,
                     leeway=self.leeway_s,
-                    options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                    options={
+                        "require": ["exp", "sub"],
+                        "verify_aud": self.audience is not None,
+                        # sub is checked by _identity, with one reason whatever PyJWT's version.
+                        "verify_sub": False,
+                    },
                 )
+            except jwt.InvalidKeyError:
+                continue  # a key of the other family (an RSA key for an ES256 token)
             except jwt.InvalidSignatureError as exc:
                 last = exc  # maybe another key
                 continue
@@ -78,6 +85,8 @@ class TokenVerifier:
             except jwt.PyJWTError:
                 raise TokenError("invalid token") from None
             return _identity(claims)
+        if last is None:
+            raise TokenError("token algorithm not accepted")  # no key of its family
         raise TokenError("invalid token signature") from last
 
 

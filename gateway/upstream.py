@@ -6,6 +6,15 @@ membership in batches) -> ``ready``. A new router epoch, a ``Reset``, a sequence
 longer than ``router_timeout_s`` sends the link back to ``hello``; commands in flight then fail
 with ``RouterUnavailable`` (never replayed: the DEALER uses ``IMMEDIATE`` so nothing queues
 towards a dead router either).
+
+With a primary/backup pair (``--router``/``--fanout`` list both), a DEALER and a SUB are
+connected to each router all the time (so the other's subscriptions are in place before a
+failover), but commands go to one router only, and only its stream is read; the other's
+yields nothing but its ``RouterBeat``, which only a serving router sends. In ``hello`` the
+gateway turns to the other router when the one it greets refuses (``router_passive``), stays
+unreachable for two Hellos, or does not answer within ``hello_timeout_s``, and at once to one
+whose beats are newer than the greeted one's (it serves). In ``ready``, a heartbeat that cannot
+be sent (nothing connected: the router's process is gone) sends the link back to ``hello``.
 """
 
 from __future__ import annotations
@@ -22,7 +31,13 @@ import zmq
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from roomcast.core import wire
-from roomcast.core.errors import RouterUnavailable, Timeout, WireError, error_from_reply
+from roomcast.core.errors import (
+    RouterPassive,
+    RouterUnavailable,
+    Timeout,
+    WireError,
+    error_from_reply,
+)
 from roomcast.zmqio import Batch, BatchReader
 
 __all__ = ["Upstream", "UpstreamHandler"]
@@ -37,7 +52,7 @@ class UpstreamHandler(Protocol):
     def on_member_update(self, msg: wire.MemberUpdate) -> None: ...
     def on_batch_end(self) -> None: ...
     def on_link(self, ready: bool) -> None: ...
-    def resync_state(self) -> Iterable[tuple[str, Iterable[str]]]: ...
+    def resync_state(self) -> Iterable[wire.SocketRooms]: ...
 
 
 class Upstream:
@@ -64,20 +79,34 @@ class Upstream:
         self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-        self._dealer = ctx.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.ROUTING_ID, _GATEWAY_ID_PREFIX + self.node_id.encode())
-        self._dealer.setsockopt(zmq.IMMEDIATE, 1)
-        self._dealer.setsockopt(zmq.LINGER, 0)
-        self._dealer.setsockopt(zmq.SNDHWM, 200_000)
-        self._sub = ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, 200_000)
-        self._sub.setsockopt(zmq.SUBSCRIBE, wire.gateway_topic(self.node_id))
-        self._sub.setsockopt(zmq.SUBSCRIBE, wire.CLUSTER_TOPIC)
         self._topic = wire.gateway_topic(self.node_id)
-        self._reader = BatchReader(self._sub, self._on_batch)
+        # One link (DEALER + SUB) per router; the attributes below are the current router's.
+        self._links = [self._link(ctx, i) for i in range(len(config.routers))]
+        self._several = len(self._links) > 1
+        self._current = 0
+        self._dealer, self._dealer_reader, self._sub, self._reader = self._links[0]
+        self._beats = [0.0] * len(self._links)  # when each router last beat (it serves)
+        self._refused_at = [0.0] * len(self._links)  # when each last refused us (standing by)
+        self._trying_since: float | None = None  # greeting the current router since
+        self._hello_failures = 0  # Hellos in a row that found nothing connected
+
+    def _link(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], index: int
+    ) -> tuple[zmq.Socket[bytes], BatchReader, zmq.Socket[bytes], BatchReader]:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.ROUTING_ID, _GATEWAY_ID_PREFIX + self.node_id.encode())
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 200_000)
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 200_000)
+        sub.setsockopt(zmq.SUBSCRIBE, self._topic)
+        sub.setsockopt(zmq.SUBSCRIBE, wire.CLUSTER_TOPIC)
+        reader = BatchReader(sub, lambda batch: self._on_link_batch(index, batch))
         # The DEALER receives nothing (replies come on our topic) but must be drained anyway.
-        self._dealer_reader = BatchReader(self._dealer, lambda batch: None)
+        dealer_reader = BatchReader(dealer, lambda batch: None)
+        return dealer, dealer_reader, sub, reader
 
     @property
     def ready(self) -> bool:
@@ -86,21 +115,26 @@ class Upstream:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._sub.connect(self.config.fanout)
-        self._dealer.connect(self.config.router)
-        self._reader.start()
-        self._dealer_reader.start()
+        for (dealer, dealer_reader, sub, reader), router, fanout in zip(
+            self._links, self.config.routers, self.config.fanouts, strict=True
+        ):
+            sub.connect(fanout)
+            dealer.connect(router)
+            reader.start()
+            dealer_reader.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._hello_loop()), loop.create_task(self._beat_loop())]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        self._reader.stop()
-        self._dealer_reader.stop()
+        for _dealer, dealer_reader, _sub, reader in self._links:
+            reader.stop()
+            dealer_reader.stop()
         self._fail_pending()
-        self._dealer.close()
-        self._sub.close()
+        for dealer, _dealer_reader, sub, _reader in self._links:
+            dealer.close()
+            sub.close()
 
     # --- commands --------------------------------------------------------------------------
 
@@ -165,6 +199,11 @@ class Upstream:
                 self._restart("router reset")
             return
         if self.state == "hello":
+            if isinstance(msg, wire.Deliver) and seq_frame:
+                # The rest of a broken stream (after a gap, a Reset or silence), discarded
+                # until the resync: these never reach a client, so they count as lost too.
+                self.metrics.lost.inc()
+                return
             self._on_hello_answer(msg, seq_frame, now)
             return
         seq = wire.unpack_seq(seq_frame)
@@ -197,6 +236,10 @@ class Upstream:
     def _on_hello_answer(self, msg: wire.Message, seq_frame: bytes, now: float) -> None:
         if getattr(msg, "ref", None) != self._hello_ref:
             return  # an answer to an older Hello, or stream traffic from before it
+        if isinstance(msg, wire.Reply) and msg.error == RouterPassive.code and self._several:
+            self._refused_at[self._current] = now
+            self._switch(self._next(), f"{msg.message or 'it is standing by'}")
+            return
         if isinstance(msg, wire.Reply) and msg.error:
             if not self._refused:
                 self._refused = True
@@ -218,14 +261,18 @@ class Upstream:
             self._accept(msg, wire.unpack_seq(seq_frame), now)
 
     def _accept(self, ack: wire.HelloAck, seq: int, now: float) -> None:
+        self._trying_since = None
+        if self._several:
+            router = self.config.routers[self._current]
+            log.info("linked to router %s (epoch %s)", router, ack.epoch)
         self.epoch = ack.epoch
         self._expected_seq = seq + 1
         self._last_beat = now
         self.state = "resync"
         batch: list[wire.SocketRooms] = []
         size = self.config.resync_batch_sockets
-        for sid, rooms in self.handler.resync_state():
-            batch.append(wire.SocketRooms(socket=sid, rooms=tuple(r for r in rooms if r != sid)))
+        for item in self.handler.resync_state():
+            batch.append(item)
             if len(batch) >= size:
                 self._send_quiet(wire.Resync(sockets=tuple(batch)))
                 batch = []
@@ -261,23 +308,78 @@ class Upstream:
         try:
             self.send(msg)
         except RouterUnavailable:
-            pass  # retried by the hello loop
+            self._hello_failures += 1  # retried by the hello loop
+        else:
+            self._hello_failures = 0
+
+    # --- a primary/backup pair -------------------------------------------------------------
+
+    def _on_link_batch(self, index: int, batch: Batch) -> None:
+        if self._several:
+            for parts in batch:
+                if parts and parts[0] == wire.CLUSTER_TOPIC:
+                    self._beats[index] = time.monotonic()  # only a serving router beats
+        if index == self._current:
+            self._on_batch(batch)
+
+    def _next(self) -> int:
+        return (self._current + 1) % len(self._links)
+
+    def _pick_router(self) -> None:
+        """In hello, with several routers: keep greeting this one, or turn to another."""
+        if not self._several:
+            return
+        now = time.monotonic()
+        if self._trying_since is None:
+            self._trying_since = now
+        beats, cur = self._beats, self._current
+        best = max(range(len(beats)), key=beats.__getitem__)
+        if best != cur and beats[best] > max(beats[cur], self._refused_at[best]):
+            self._switch(best, "it serves (its heartbeats are the newest)")
+        elif self._hello_failures >= 2:
+            self._switch(self._next(), "nothing connected")
+        elif now - self._trying_since >= self.config.hello_timeout_s:
+            self._switch(self._next(), f"no answer within {self.config.hello_timeout_s:g}s")
+
+    def _switch(self, index: int, why: str) -> None:
+        log.info(
+            "turning from router %s to %s (%s)",
+            self.config.routers[self._current],
+            self.config.routers[index],
+            why,
+        )
+        self.metrics.router_switches.inc()
+        self._current = index
+        self._dealer, self._dealer_reader, self._sub, self._reader = self._links[index]
+        self._trying_since = time.monotonic()
+        self._hello_failures = 0
+        self._hello_ref = self.new_ref()  # answers to Hellos sent to the other one are stale
 
     # --- timers ----------------------------------------------------------------------------
 
     async def _hello_loop(self) -> None:
         while True:
             if self.state == "hello":
+                self._pick_router()
                 self._say_hello()
             await asyncio.sleep(self.config.hello_retry_s)
 
     async def _beat_loop(self) -> None:
         beat = wire.Heartbeat(node_id=self.node_id)
+        interval = self.config.heartbeat_interval_s
+        woke = time.monotonic()
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
+            await asyncio.sleep(interval)
+            now, slept = time.monotonic(), time.monotonic() - woke
+            woke = now
             if self.state == "hello":
                 continue
-            if time.monotonic() - self._last_beat > self.config.router_timeout_s:
+            if slept > interval + self.config.router_timeout_s:
+                # This process was frozen (SIGSTOP, a VM pause, a long stall of the loop): the
+                # router's stream is waiting unread, beats and any gap included. Read it before
+                # judging the router silent, or a gap in it would go uncounted.
+                continue
+            if now - self._last_beat > self.config.router_timeout_s:
                 self.metrics.router_timeouts.inc()
                 log.warning("no router heartbeat for %.1fs", self.config.router_timeout_s)
                 self._restart("router silent")
@@ -285,4 +387,5 @@ class Upstream:
             try:
                 self.send(beat)
             except RouterUnavailable:
-                pass
+                if self._several:  # nothing connected: that router's process is gone
+                    self._restart("router connection lost")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from roomcast.app import App
-    from roomcast.cluster import Cluster
+    from roomcast.cluster import Cluster, Receipt
     from roomcast.core.errors import (
         ActionFailed,
         BadRequest,
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         PayloadTooLarge,
         RateLimited,
         RoomcastError,
+        RouterPassive,
         RouterUnavailable,
         StateError,
         Timeout,
@@ -53,9 +54,11 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Receipt",
     "Request",
     "Response",
     "RoomcastError",
+    "RouterPassive",
     "RouterUnavailable",
     "StateError",
     "SyncCluster",
@@ -77,6 +80,7 @@ _ERROR_NAMES = (
     "PayloadTooLarge",
     "RateLimited",
     "RoomcastError",
+    "RouterPassive",
     "RouterUnavailable",
     "StateError",
     "Timeout",
@@ -87,6 +91,7 @@ _SOURCES: dict[str, str] = {
     "App": "roomcast.app",
     "Model": "roomcast.model",
     "Cluster": "roomcast.cluster",
+    "Receipt": "roomcast.cluster",
     "SyncCluster": "roomcast.sync",
     "Request": "roomcast.requests",
     "Response": "roomcast.requests",

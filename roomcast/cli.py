@@ -7,7 +7,7 @@ a router, N gateways and the action workers on loopback as child processes: it r
 child's ``READY {json}`` line (children's stdout is not passed through; their stderr is
 inherited), prints one ``READY`` line of its own, and on SIGTERM/SIGINT stops them in order
 (gateways and workers first, the router last) within ``--drain-timeout`` + 5 s.
-``roomcast bench`` is a placeholder until its issue lands.
+``roomcast bench`` runs the scenarios of :mod:`roomcast.bench`.
 """
 
 from __future__ import annotations
@@ -83,11 +83,14 @@ def _parser() -> EnvArgumentParser:
 
     b = sub.add_parser(
         "bench",
-        help="load-test a cluster (not available yet)",
-        description="Load-test a roomcast cluster.",
+        add_help=False,
+        # No option prefix: every argument, options first included, reaches `roomcast bench`'s
+        # own parser (see `roomcast bench --help`), none is left over as unrecognized here.
+        prefix_chars="\x00",
+        help="benchmark scenarios on loopback (see `roomcast bench --help`)",
     )
-    b.add_argument("args", nargs=argparse.REMAINDER, help="benchmark options")
-    b.set_defaults(handler=_placeholder("benchmarks"))
+    b.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    b.set_defaults(handler=_bench)
 
     d = sub.add_parser(
         "dev",
@@ -134,6 +137,12 @@ def _parser() -> EnvArgumentParser:
     )
     d.set_defaults(handler=_dev, parser=d)
     return parser
+
+
+def _bench(ns: argparse.Namespace) -> int:
+    from roomcast.bench import main as bench_main
+
+    return bench_main(ns.args)
 
 
 def _placeholder(what: str) -> Callable[[argparse.Namespace], int]:

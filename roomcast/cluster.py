@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import secrets
 from collections.abc import Callable
 from types import TracebackType
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias, overload
 
 import zmq
 
@@ -33,6 +34,7 @@ from roomcast.core import wire
 from roomcast.core.errors import (
     BadRequest,
     InternalError,
+    RouterPassive,
     RouterUnavailable,
     StateError,
     Timeout,
@@ -43,7 +45,7 @@ from roomcast.model import Model
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id, socket_ids
 from roomcast.zmqio import BatchReader, new_context
 
-__all__ = ["Cluster", "Command", "Link", "Rooms", "Sockets", "encode_json"]
+__all__ = ["Cluster", "Command", "Link", "Receipt", "Rooms", "Sockets", "encode_json"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ Command: TypeAlias = (
     | wire.Publish
     | wire.Query
     | wire.Request
+    | wire.SetPresence
+    | wire.TrackPresence
 )
 Rooms: TypeAlias = str | list[str] | tuple[str, ...]
 
@@ -63,6 +67,10 @@ Rooms: TypeAlias = str | list[str] | tuple[str, ...]
 # connect_timeout does not spin.
 _RETRY_FIRST_S = 0.001
 _RETRY_MAX_S = 0.05
+# A primary/backup pair: pause before sending refused commands again, doubling while every
+# router refuses (both standing by for a moment, as during a failover's first seconds).
+_REFUSED_FIRST_S = 0.01
+_REFUSED_MAX_S = 0.25
 
 
 def encode_json(value: object, what: str = "data") -> bytes:
@@ -76,10 +84,13 @@ def encode_json(value: object, what: str = "data") -> bytes:
 
 
 class _Call:
-    __slots__ = ("future", "timer")
+    __slots__ = ("body", "future", "gen", "retry_until", "timer")
 
-    def __init__(self, future: asyncio.Future[wire.Reply]) -> None:
+    def __init__(self, future: asyncio.Future[wire.Reply], body: bytes) -> None:
         self.future = future
+        self.body = body  # kept to send again to the other router of a pair after a refusal
+        self.gen = -1  # the router connection it was last sent on (Link._generation)
+        self.retry_until = 0.0  # after a first refusal: give up finding an active router then
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -90,6 +101,14 @@ class Link:
     connected) and returns the future of its ``Reply``; :meth:`call` awaits it and raises the
     typed error of an error reply. Messages that answer no pending ref go to ``on_message``
     (workers receive routed requests that way) or are dropped.
+
+    ``url`` may name a primary/backup pair, comma-separated (``tcp://a:5570,tcp://b:5570``).
+    The link talks to one router at a time and turns to the next one when the current one
+    takes no command for ``connect_timeout`` divided by the number of routers, refuses one
+    with ``router_passive`` (it stands by and applied nothing: the command is sent again to the
+    next router, transparently, for up to ``connect_timeout`` after that first refusal; then
+    it fails with ``RouterUnavailable``), or lets one time out (the caller gets ``Timeout``,
+    since it may have been applied; the next command goes to the next router).
     """
 
     def __init__(
@@ -101,7 +120,8 @@ class Link:
         role: wire.Role = wire.Role.CLIENT,
         on_message: Callable[[wire.Message], None] | None = None,
     ) -> None:
-        if not isinstance(url, str) or "://" not in url:
+        urls = tuple(u.strip() for u in url.split(",")) if isinstance(url, str) else ()
+        if not urls or not all("://" in u for u in urls):
             raise ValueError(f"router url must look like tcp://host:port, got {url!r}")
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeout and connect_timeout must be positive")
@@ -125,6 +145,14 @@ class Link:
         self._sock: zmq.Socket[bytes] | None = None
         self._reader: BatchReader | None = None
         self._closed = False
+        self._socks: list[tuple[zmq.Socket[bytes], BatchReader]] = []
+        # A primary/backup pair (several urls): which router we talk to, and since when.
+        self._urls = urls
+        self._current = 0
+        self._generation = 0  # bumped on every switch: tells replies of one connection apart
+        self._hello_gen = -1
+        self._not_before = 0.0  # loop time: refused commands wait for this before going again
+        self._refused_delay = _REFUSED_FIRST_S
 
     @property
     def connected(self) -> bool:
@@ -156,7 +184,7 @@ class Link:
             raise BadRequest(f"{msg.KIND} carries a string that is not valid unicode") from None
         loop = self._ensure_open()  # after every check: bad arguments never open a connection
         fut: asyncio.Future[wire.Reply] = loop.create_future()
-        call = _Call(fut)
+        call = _Call(fut, body)
         self._pending[ref] = call
         fut.add_done_callback(lambda _f: self._forget(ref))
         if self._need_hello:
@@ -188,10 +216,10 @@ class Link:
                 pass
         self._backlog.clear()
         self._fail_all("cluster closed before the router replied")
-        if self._reader is not None:
-            self._reader.stop()
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        for sock, reader in self._socks:
+            reader.stop()
+            sock.close(linger=0)
+        self._socks = []
         if self._ctx is not None:
             self._ctx.term()
         self._reader = self._sock = self._ctx = None
@@ -210,26 +238,34 @@ class Link:
         return loop
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One DEALER per router of a pair, all connected: commands go to the current one only,
+        # but a reply from the other still arrives after a switch (none is ever dropped).
         ctx = new_context()
-        sock = ctx.socket(zmq.DEALER)
+        socks: list[zmq.Socket[bytes]] = []
         try:
-            # IMMEDIATE: never queue towards a router that is not connected, so a send that
-            # would block means "router unavailable" instead of buffering silently.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
-            sock.connect(self.url)
+            for url in self._urls:
+                sock = ctx.socket(zmq.DEALER)
+                socks.append(sock)
+                # IMMEDIATE: never queue towards a router that is not connected, so a send that
+                # would block means "router unavailable" instead of buffering silently.
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
+                sock.connect(url)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            for sock in socks:
+                sock.close(linger=0)
             ctx.term()
             raise ValueError(f"cannot connect to {self.url!r}: {exc}") from None
-        self._loop, self._ctx, self._sock = loop, ctx, sock
-        self._reader = BatchReader(sock, self._on_batch)
-        self._reader.start()
+        self._loop, self._ctx = loop, ctx
+        self._socks = [(sock, BatchReader(sock, self._on_batch)) for sock in socks]
+        for _sock, reader in self._socks:
+            reader.start()
+        self._sock, self._reader = self._socks[self._current]
         log.debug("> connecting %s as %s", self.url, self.node_id)
 
     def _write(self, body: bytes, ref: int) -> None:
-        if not self._backlog:
+        if not self._backlog and (self._loop is None or self._loop.time() >= self._not_before):
             try:
                 sent = self._try_send(body)
             except RouterUnavailable as exc:
@@ -261,21 +297,30 @@ class Link:
 
     def _sent(self, ref: int) -> None:
         if ref == 0:
+            self._hello_gen = self._generation
             return
         call = self._pending.get(ref)
         if call is not None and self._loop is not None:
+            call.gen = self._generation
             call.timer = self._loop.call_later(self.timeout, self._expire, ref)
 
     async def _flush(self) -> None:
         assert self._loop is not None
         loop = self._loop
         delay = _RETRY_FIRST_S
-        deadline = loop.time() + self.connect_timeout
+        # Each router of a pair gets its share of connect_timeout before we try the next.
+        patience = self.connect_timeout / len(self._urls)
+        deadline = loop.time() + patience
+        tried = 1
         try:
             while self._backlog:
                 body, ref = self._backlog[0]
                 if ref and ref not in self._pending:  # cancelled by its caller while queued
                     self._backlog.popleft()
+                    continue
+                if loop.time() < self._not_before:
+                    await asyncio.sleep(self._not_before - loop.time())
+                    deadline = max(deadline, loop.time() + patience)
                     continue
                 try:
                     sent = self._try_send(body)
@@ -286,9 +331,15 @@ class Link:
                     self._backlog.popleft()
                     self._sent(ref)
                     delay = _RETRY_FIRST_S
-                    deadline = loop.time() + self.connect_timeout
+                    deadline = loop.time() + patience
+                    tried = 1
                     continue
                 now = loop.time()
+                if now >= deadline and tried < len(self._urls):
+                    self._switch(f"it took no command within {patience:g} s")
+                    tried += 1
+                    deadline = now + patience
+                    continue
                 if now >= deadline:
                     self._fail_backlog(
                         f"no router reachable at {self.url} within {self.connect_timeout:g} s"
@@ -320,6 +371,9 @@ class Link:
             call.future.set_exception(exc)
 
     def _expire(self, ref: int) -> None:
+        call = self._pending.get(ref)
+        if call is not None and len(self._urls) > 1 and call.gen == self._generation:
+            self._switch(f"no reply within {self.timeout:g} s")  # the next command goes there
         self._fail(ref, Timeout(f"no reply from the router within {self.timeout:g} s"))
 
     def _forget(self, ref: int) -> None:
@@ -342,7 +396,10 @@ class Link:
                 if call is None:
                     # Late (after Timeout) or cancelled: its caller has moved on.
                     log.debug("< reply for unknown ref %d", msg.ref)
+                elif msg.error == RouterPassive.code and len(self._urls) > 1:
+                    self._refused(msg.ref, call, msg.message)
                 elif not call.future.done():
+                    self._refused_delay = _REFUSED_FIRST_S
                     call.future.set_result(msg)
             elif self._on_message is not None:
                 self._on_message(msg)
@@ -351,11 +408,69 @@ class Link:
 
     def _on_hello_answer(self, msg: wire.Reply | wire.HelloAck) -> None:
         if isinstance(msg, wire.HelloAck):
+            self._refused_delay = _REFUSED_FIRST_S
             if self.epoch and msg.epoch != self.epoch:
                 log.info("router restarted (epoch %s -> %s)", self.epoch, msg.epoch)
             self.epoch = msg.epoch
+        elif msg.error == RouterPassive.code and len(self._urls) > 1:
+            if self._hello_gen == self._generation:
+                self._switch_refused(msg.message)
         elif msg.status >= 400 or msg.error:
             log.warning("router refused hello: %s (%s)", msg.error, msg.message)
+
+    # -- a primary/backup pair ------------------------------------------------------------
+
+    def _switch(self, why: str) -> None:
+        """Talk to the next router from now on; say Hello to it before anything else."""
+        old, self._current = self._urls[self._current], (self._current + 1) % len(self._urls)
+        self._generation += 1
+        self._sock, self._reader = self._socks[self._current]
+        log.info("turning from router %s to %s (%s)", old, self._urls[self._current], why)
+        self._hello_ref = self.next_ref()
+        hello = wire.Hello(ref=self._hello_ref, node_id=self.node_id, role=self.role)
+        self._need_hello = False
+        stale = [item for item in self._backlog if item[1] == 0]  # Hellos for the old router
+        for item in stale:
+            self._backlog.remove(item)
+        self._backlog.appendleft((wire.encode(hello), 0))
+        self._kick_flusher()
+
+    def _switch_refused(self, message: str) -> None:
+        """Switch after a refusal; pause first, longer while every router refuses."""
+        assert self._loop is not None
+        self._switch(message or "it is standing by")
+        self._not_before = self._loop.time() + self._refused_delay
+        self._refused_delay = min(self._refused_delay * 2, _REFUSED_MAX_S)
+
+    def _refused(self, ref: int, call: _Call, message: str) -> None:
+        """A standing-by router refused (and applied nothing): send it to the next router."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if not call.retry_until:
+            call.retry_until = now + self.connect_timeout
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        if now >= call.retry_until:
+            self._fail(
+                ref,
+                RouterUnavailable(
+                    f"no active router among {self.url} within {self.connect_timeout:g} s "
+                    f"(the last one said: {message or 'standing by'})"
+                ),
+            )
+            return
+        if call.gen == self._generation:
+            self._switch_refused(message)
+        # Back in ref order (refs grow with submission), after the Hello that leads a switch.
+        index = next((i for i, (_b, r) in enumerate(self._backlog) if r > ref), len(self._backlog))
+        self._backlog.insert(index, (call.body, ref))
+        self._kick_flusher()
+
+    def _kick_flusher(self) -> None:
+        if self._flusher is None and self._backlog:
+            assert self._loop is not None
+            self._flusher = self._loop.create_task(self._flush())
 
 
 def _room_list(value: object) -> list[str]:
@@ -402,6 +517,30 @@ class Sockets:
         """Every current member of ``src`` leaves each of ``dests``."""
         await self._copy(src, dests, remove=True)
 
+    @overload
+    async def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    async def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[True],
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
     async def broadcast(
         self,
         rooms: Rooms,
@@ -409,10 +548,15 @@ class Sockets:
         data: object = None,
         *,
         omit: SocketsLike | None = None,
-    ) -> int:
+        receipt: bool = False,
+        confirm: bool = False,
+        confirm_timeout: float = 5.0,
+    ) -> int | Receipt:
         """Send ``event`` once to every member of any of ``rooms`` except ``omit``.
 
-        Returns how many gateways the router handed the message to.
+        Returns how many gateways the router handed the message to; with ``receipt=True`` a
+        :class:`Receipt` (exact socket counts), and with ``confirm=True`` too, only once every
+        gateway confirmed it queued the message (or ``confirm_timeout`` passed).
         """
         msg = wire.Publish(
             ref=self._link.next_ref(),
@@ -420,12 +564,42 @@ class Sockets:
             event=_event(event),
             data=encode_json(data),
             omit=_omit(omit),
+            **_receipt_fields(receipt, confirm, confirm_timeout),
         )
-        return (await self._link.call(msg)).gateways
+        return _publish_result(await self._link.call(msg), receipt, confirm)
+
+    @overload
+    async def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    async def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[True],
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
 
     async def blast(
-        self, event: str = "message", data: object = None, *, omit: SocketsLike | None = None
-    ) -> int:
+        self,
+        event: str = "message",
+        data: object = None,
+        *,
+        omit: SocketsLike | None = None,
+        receipt: bool = False,
+        confirm: bool = False,
+        confirm_timeout: float = 5.0,
+    ) -> int | Receipt:
         """Send ``event`` to every connected socket in the cluster except ``omit``."""
         msg = wire.Publish(
             ref=self._link.next_ref(),
@@ -433,8 +607,40 @@ class Sockets:
             event=_event(event),
             data=encode_json(data),
             omit=_omit(omit),
+            **_receipt_fields(receipt, confirm, confirm_timeout),
         )
-        return (await self._link.call(msg)).gateways
+        return _publish_result(await self._link.call(msg), receipt, confirm)
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """Users in ``room``: ``{user: {"connections": n, "meta": ...}}`` (exact, cluster-wide)."""
+        reply = await self._query(wire.QueryKind.PRESENCE, _rooms.validate_room(room))
+        result: dict[str, dict[str, Any]] = json.loads(reply.body or b"{}")
+        return result
+
+    async def presence_stats(self, room: str) -> dict[str, int]:
+        """``{"connections": n, "users": m}`` for ``room`` (anonymous sockets are connections)."""
+        reply = await self._query(wire.QueryKind.PRESENCE_STATS, _rooms.validate_room(room))
+        result: dict[str, int] = json.loads(reply.body or b"{}")
+        return result
+
+    async def set_presence(self, socket: SocketLike, user: str | None, meta: object = None) -> None:
+        """Give a socket a presence identity (``None`` clears it) and small JSON metadata."""
+        if user is not None and (not isinstance(user, str) or not user):
+            raise BadRequest("user must be a non-empty string or None")
+        link = self._link
+        msg = wire.SetPresence(
+            ref=link.next_ref(),
+            socket=get_id(socket),
+            user=user or "",
+            meta=encode_json(meta, "meta") if meta is not None else b"",
+        )
+        await link.call(msg)
+
+    async def track_presence(self, room: str, enabled: bool = True) -> None:
+        """Push presence join/leave events to ``room``'s members (or stop)."""
+        link = self._link
+        room = _rooms.validate_room(room)
+        await link.call(wire.TrackPresence(ref=link.next_ref(), room=room, enabled=enabled))
 
     async def count(self, room: str) -> int:
         """How many sockets are in ``room``, cluster-wide (exact)."""
@@ -475,6 +681,39 @@ class Sockets:
     async def _query(self, kind: wire.QueryKind, target: str) -> wire.Reply:
         link = self._link
         return await link.call(wire.Query(ref=link.next_ref(), kind=kind, target=target))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a publish reached: ``sockets`` addressed (each once, ``omitted`` left out) on
+    ``gateways``; with confirmation, ``confirmed`` sockets the gateways queued it for and
+    whether every gateway answered in time (``complete``)."""
+
+    gateways: int
+    sockets: int
+    omitted: int
+    confirmed: int | None = None
+    complete: bool | None = None
+
+
+def _receipt_fields(receipt: bool, confirm: bool, timeout: float) -> dict[str, Any]:
+    if not (receipt or confirm):
+        return {}
+    if confirm and not 0 < timeout <= 60:
+        raise BadRequest("confirm_timeout must be within (0, 60] seconds")
+    return {"receipt": True, "confirm": confirm, "confirm_timeout_ms": int(timeout * 1000)}
+
+
+def _publish_result(reply: wire.Reply, receipt: bool, confirm: bool) -> int | Receipt:
+    if not (receipt or confirm):
+        return reply.gateways
+    return Receipt(
+        gateways=reply.gateways,
+        sockets=reply.sockets,
+        omitted=reply.omitted,
+        confirmed=reply.confirmed if confirm else None,
+        complete=reply.complete if confirm else None,
+    )
 
 
 def _omit(omit: SocketsLike | None) -> tuple[str, ...]:

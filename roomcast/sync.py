@@ -20,9 +20,9 @@ import os
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
-from roomcast.cluster import Cluster, Rooms
+from roomcast.cluster import Cluster, Receipt, Rooms
 from roomcast.core.errors import StateError, Timeout
 from roomcast.model import Model
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id
@@ -191,6 +191,30 @@ class SyncSockets:
     def remove_room_members_from_rooms(self, src: SocketLike, dests: Rooms) -> None:
         self._cluster.run(lambda c: c.sockets.remove_room_members_from_rooms(src, dests))
 
+    @overload
+    def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[True],
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
     def broadcast(
         self,
         rooms: Rooms,
@@ -198,13 +222,86 @@ class SyncSockets:
         data: object = None,
         *,
         omit: SocketsLike | None = None,
-    ) -> int:
-        return self._cluster.run(lambda c: c.sockets.broadcast(rooms, event, data, omit=omit))
+        receipt: bool = False,
+        confirm: bool = False,
+        confirm_timeout: float = 5.0,
+    ) -> int | Receipt:
+        """See :meth:`roomcast.cluster.Sockets.broadcast`."""
+
+        async def call(c: Cluster) -> int | Receipt:
+            if receipt or confirm:
+                return await c.sockets.broadcast(
+                    rooms,
+                    event,
+                    data,
+                    omit=omit,
+                    receipt=True,
+                    confirm=confirm,
+                    confirm_timeout=confirm_timeout,
+                )
+            return await c.sockets.broadcast(rooms, event, data, omit=omit)
+
+        return self._cluster.run(call)
+
+    @overload
+    def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[False] = ...,
+    ) -> int: ...
+
+    @overload
+    def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: Literal[True],
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
 
     def blast(
-        self, event: str = "message", data: object = None, *, omit: SocketsLike | None = None
-    ) -> int:
-        return self._cluster.run(lambda c: c.sockets.blast(event, data, omit=omit))
+        self,
+        event: str = "message",
+        data: object = None,
+        *,
+        omit: SocketsLike | None = None,
+        receipt: bool = False,
+        confirm: bool = False,
+        confirm_timeout: float = 5.0,
+    ) -> int | Receipt:
+        """See :meth:`roomcast.cluster.Sockets.blast`."""
+
+        async def call(c: Cluster) -> int | Receipt:
+            if receipt or confirm:
+                return await c.sockets.blast(
+                    event,
+                    data,
+                    omit=omit,
+                    receipt=True,
+                    confirm=confirm,
+                    confirm_timeout=confirm_timeout,
+                )
+            return await c.sockets.blast(event, data, omit=omit)
+
+        return self._cluster.run(call)
+
+    def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        return self._cluster.run(lambda c: c.sockets.presence(room))
+
+    def presence_stats(self, room: str) -> dict[str, int]:
+        return self._cluster.run(lambda c: c.sockets.presence_stats(room))
+
+    def set_presence(self, socket: SocketLike, user: str | None, meta: object = None) -> None:
+        self._cluster.run(lambda c: c.sockets.set_presence(socket, user, meta))
+
+    def track_presence(self, room: str, enabled: bool = True) -> None:
+        self._cluster.run(lambda c: c.sockets.track_presence(room, enabled))
 
     def count(self, room: str) -> int:
         return self._cluster.run(lambda c: c.sockets.count(room))

@@ -6,6 +6,11 @@ every heartbeat interval so a restarted router learns of it again), receives rou
 :class:`roomcast.requests.Request` whose ``cluster`` is a :class:`roomcast.Cluster` (async
 handlers) or :class:`roomcast.SyncCluster` (sync handlers, run in threads).
 
+With a primary/backup pair of routers (``--router`` lists both, comma-separated) the worker
+keeps one DEALER per router and says Hello on each, so both know it at all times and the one
+that takes over can route requests to it at once; each reply goes back on the socket its
+request came from. Handlers' clusters get the same list (the SDK fails over by itself).
+
 Errors never leak: no action -> 404, handler exception -> 500 ``action_failed`` with no trace
 or exception text (the traceback goes to this process's log), handler past
 ``handler_timeout_s`` -> 504.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import importlib
 import inspect
 import json
@@ -78,9 +84,14 @@ class Worker:
         self.config = config
         self.node_id = "w-" + secrets.token_hex(5)
         self._ctx = new_context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 1000)
-        self._reader = BatchReader(self._sock, self._on_batch)
+        self._routers = [r.strip() for r in config.router.split(",") if r.strip()]
+        self._socks: list[zmq.Socket[bytes]] = []
+        self._readers: list[BatchReader] = []
+        for _ in self._routers:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 1000)
+            self._socks.append(sock)
+            self._readers.append(BatchReader(sock, functools.partial(self._on_batch, sock)))
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.cluster = Cluster(config.router)
@@ -88,8 +99,9 @@ class Worker:
         self.served = 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        self._sock.connect(self.config.router)
-        self._reader.start()
+        for sock, router, reader in zip(self._socks, self._routers, self._readers, strict=True):
+            sock.connect(router)
+            reader.start()
         hello = wire.encode(wire.Hello(node_id=self.node_id, role=wire.Role.WORKER))
         log.info(
             "worker %s serving %d actions via %s",
@@ -101,7 +113,8 @@ class Worker:
             ready.set()
         try:
             while not stop.is_set():
-                self._send(hello)
+                for sock in self._socks:
+                    self._send(sock, hello)
                 try:
                     await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval_s)
                 except TimeoutError:
@@ -112,21 +125,22 @@ class Worker:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.handler_timeout_s)
-        self._reader.stop()
-        self._sock.close()
+        for reader, sock in zip(self._readers, self._socks, strict=True):
+            reader.stop()
+            sock.close()
         await self.cluster.close()
         if self._sync_cluster is not None:
             await asyncio.to_thread(self._sync_cluster.close)
         self._ctx.term()
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, sock: zmq.Socket[bytes], body: bytes) -> None:
         try:
-            self._sock.send(body, zmq.NOBLOCK)
+            sock.send(body, zmq.NOBLOCK)
         except zmq.Again:
             log.debug("router not reachable; will retry")
-        self._reader.kick()
+        self._readers[self._socks.index(sock)].kick()
 
-    def _on_batch(self, batch: Batch) -> None:
+    def _on_batch(self, sock: zmq.Socket[bytes], batch: Batch) -> None:
         for parts in batch:
             try:
                 msg = wire.decode(parts[-1])
@@ -134,15 +148,16 @@ class Worker:
                 log.warning("undecodable message from the router dropped")
                 continue
             if isinstance(msg, wire.Request):
-                task = asyncio.ensure_future(self._serve(msg))
+                task = asyncio.ensure_future(self._serve(sock, msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg: wire.Request) -> None:
+    async def _serve(self, sock: zmq.Socket[bytes], msg: wire.Request) -> None:
         async with self._slots:
             reply = await self._answer(msg)
         self.served += 1
-        self._send(wire.encode(reply))
+        if not sock.closed:
+            self._send(sock, wire.encode(reply))
 
     async def _answer(self, msg: wire.Request) -> wire.Reply:
         try:
@@ -228,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     d = WorkerConfig()
     p = EnvArgumentParser(prog="roomcast worker", description="Serve an App's actions.")
     p.add_argument("app", metavar="MODULE:APP", help="the roomcast.App to serve")
-    p.add_argument("--router", default=d.router, help="the router's commands address")
+    p.add_argument(
+        "--router",
+        default=d.router,
+        help="the router's commands address (a primary/backup pair: both, comma-separated)",
+    )
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
     p.add_argument("--handler-timeout", type=float, default=d.handler_timeout_s, help="504 after")
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)

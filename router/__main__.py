@@ -40,9 +40,42 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
     parser.add_argument(
         "--request-timeout", type=float, default=30.0, help="answer 504 after (seconds)"
     )
+    parser.add_argument(
+        "--presence-rooms",
+        action="append",
+        default=[],
+        help="room glob whose members get presence join/leave events (repeatable)",
+    )
+    parser.add_argument(
+        "--presence-interval", type=float, default=0.2, help="presence coalescing window (s)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=("single", "primary", "backup"),
+        default="single",
+        help="single router, or one router of a primary/backup pair (docs/protocol.md, Failover)",
+    )
+    parser.add_argument(
+        "--peer-bind",
+        default="",
+        help="pair: bind address for the peer router's link (port 0: free; READY says which)",
+    )
+    parser.add_argument(
+        "--peer-connect", default="", help="pair: the peer router's --peer-bind address"
+    )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=2.0,
+        help="pair: peer silent this long, a client's request makes a standby active (seconds)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.role != "single" and not (args.peer_bind or args.peer_connect):
+        parser.error(f"--role {args.role} needs --peer-bind, --peer-connect or both")
+    if args.peer_timeout <= 0:
+        parser.error("--peer-timeout must be positive")
     config = RouterConfig(
         commands=args.commands,
         fanout=args.fanout,
@@ -52,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         fanout_hwm_messages=args.fanout_hwm,
         worker_timeout_s=args.worker_timeout,
         request_timeout_s=args.request_timeout,
+        presence_rooms=tuple(args.presence_rooms),
+        presence_interval_s=args.presence_interval,
+        role=args.role,
+        peer_bind=args.peer_bind,
+        peer_connect=args.peer_connect,
+        peer_timeout_s=args.peer_timeout,
         drain_timeout_s=args.drain_timeout,
     )
     return config, args.http_host, args.http_port, args.log_level
@@ -71,13 +110,14 @@ async def serve(config: RouterConfig, http_host: str, http_port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print_ready(
-        {
-            "commands": router.commands_endpoint,
-            "fanout": router.fanout_endpoint,
-            "http": f"http://{http_host}:{port}",
-        }
-    )
+    ready = {
+        "commands": router.commands_endpoint,
+        "fanout": router.fanout_endpoint,
+        "http": f"http://{http_host}:{port}",
+    }
+    if router.pair is not None:
+        ready |= {"role": config.role, "peer": router.pair.bind_endpoint}
+    print_ready(ready)
     await stop.wait()
     logging.getLogger("roomcast.router").info("draining")
     server.stop()

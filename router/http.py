@@ -1,6 +1,7 @@
 """Health and metrics over HTTP for the router (Tornado).
 
-``/healthz``: the event loop answers. ``/readyz``: sockets bound and serving (503 while draining).
+``/healthz``: the event loop answers. ``/readyz``: sockets bound and serving (503 while draining,
+and while standing by as the passive router of a pair).
 ``/metrics``: Prometheus text from the router's registry.
 """
 

@@ -42,6 +42,9 @@ class RouterMetrics:
             "fanout_dropped_total",
             "Messages to gateways dropped at the ZeroMQ high-water mark (gateways see a gap).",
         )
+        self.presence_events = counter(
+            "presence_events_total", "Coalesced presence join/leave events published (per room)."
+        )
         self.gateway_expired = counter(
             "gateway_expired_total", "Gateways expired after missed heartbeats."
         )
@@ -67,7 +70,18 @@ class RouterMetrics:
             registry=registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
-        self.up = gauge("up", "1 while the router serves.")
+        self.up = gauge("up", "1 while the router process runs (serving or standing by).")
+        # A primary/backup pair (router.peer); a single router serves from start to drain.
+        self.serving = gauge(
+            "serving", "1 while this router serves commands (single, or the active of a pair)."
+        )
+        self.peer_alive = gauge(
+            "peer_alive", "1 while the pair's peer router was heard within --peer-timeout."
+        )
+        self.takeovers = counter("takeovers_total", "Times this router of a pair became active.")
+        self.stepdowns = counter(
+            "stepdowns_total", "Times this router of a pair stopped serving (fencing)."
+        )
         self.workers = gauge("workers", "Live action workers.")
         self.requests_in_flight = gauge("requests_in_flight", "Virtual requests awaiting a worker.")
 

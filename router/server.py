@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
+import json
 import logging
 import secrets
 import time
@@ -26,13 +28,19 @@ from roomcast.core.errors import (
     InternalError,
     NoWorker,
     RoomcastError,
+    RouterPassive,
+    RouterUnavailable,
     Timeout,
     WireError,
 )
 from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.zmqio import Batch, BatchReader
+from router.bstar import Decision, Role, State
 from router.metrics import RouterMetrics
+from router.peer import Pair, PairConfig
+from router.presence import PRESENCE_EVENT, PresenceBuffer, encode_event
+from router.receipts import Confirmations, Pending
 from router.workers import Origin, WorkerPool
 
 __all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
@@ -56,9 +64,18 @@ class RouterConfig:
     max_rooms_per_socket: int = 1000
     fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
     commands_hwm_messages: int = 200_000
+    # Presence events: rooms matching these globs (or flagged by a backend) push join/leave
+    presence_rooms: tuple[str, ...] = ()
+    presence_interval_s: float = 0.2  # coalescing window of presence events
     # Action workers
     worker_timeout_s: float = 5.0  # silent this long: no longer sent requests
     request_timeout_s: float = 30.0  # then the asker gets 504
+    # A primary/backup pair (router/peer.py; docs/protocol.md "Failover"). "single": no peer,
+    # serving from start to drain.
+    role: str = "single"  # "single", "primary" or "backup"
+    peer_bind: str = ""  # ROUTER for the peer to connect to
+    peer_connect: str = ""  # the peer's peer_bind
+    peer_timeout_s: float = 2.0  # silent this long: a client's vote may fail over
     # Shutdown
     drain_timeout_s: float = 10.0
 
@@ -85,7 +102,13 @@ class Router:
         self.config = config
         self.metrics = metrics
         self.epoch = secrets.token_hex(8)
-        self.topology = Topology(max_rooms_per_socket=config.max_rooms_per_socket)
+        patterns = config.presence_rooms
+        self.topology = Topology(
+            max_rooms_per_socket=config.max_rooms_per_socket,
+            tracked=lambda room: any(fnmatch.fnmatchcase(room, p) for p in patterns),
+        )
+        self._presence = PresenceBuffer()
+        self._confirms = Confirmations()
         self._gateways: dict[str, _Gateway] = {}
         self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
         self._known_workers = 0
@@ -108,7 +131,17 @@ class Router:
             BatchReader(self._fanout, _ignore_subscriptions),
         ]
         self._beat_task: asyncio.Task[None] | None = None
+        self._presence_task: asyncio.Task[None] | None = None
         self.serving = False
+        self.pair: Pair | None = None
+        if config.role != "single":
+            pair = PairConfig(
+                role=Role(config.role),
+                bind=config.peer_bind,
+                connect=config.peer_connect,
+                timeout_s=config.peer_timeout_s,
+            )
+            self.pair = Pair(pair, ctx, metrics, epoch=lambda: self.epoch, on_change=self._on_pair)
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
         metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
 
@@ -117,8 +150,13 @@ class Router:
     def start(self) -> None:
         for reader in self._readers:
             reader.start()
-        self._beat_task = asyncio.get_running_loop().create_task(self._beat())
-        self.serving = True
+        loop = asyncio.get_running_loop()
+        self._beat_task = loop.create_task(self._beat())
+        self._presence_task = loop.create_task(self._flush_presence())
+        self.serving = self.pair is None or self.pair.serving
+        self.metrics.serving.set(int(self.serving))
+        if self.pair is not None:
+            self.pair.start()
         self.metrics.up.set(1)
         log.info(
             "router epoch %s: commands %s, fanout %s",
@@ -130,8 +168,12 @@ class Router:
     async def stop(self) -> None:
         self.serving = False
         self.metrics.up.set(0)
-        if self._beat_task is not None:
-            self._beat_task.cancel()
+        self.metrics.serving.set(0)
+        if self.pair is not None:
+            self.pair.stop()
+        for task in (self._beat_task, self._presence_task):
+            if task is not None:
+                task.cancel()
         for reader in self._readers:
             reader.stop()
         self._commands.close()
@@ -155,12 +197,17 @@ class Router:
                 continue
             kinds[msg.KIND] += 1
             self._handle(identity, msg, now)
+        transitions = self.topology.take_transitions()
+        if transitions:
+            self._presence.add(transitions)
         self.metrics.batch_size.observe(len(batch))
         for kind, n in kinds.items():
             self.metrics.commands.labels(kind).inc(n)
 
     def _handle(self, identity: bytes, msg: wire.Message, now: float) -> None:
         gateway = _gateway_of(identity)
+        if not self.serving and not self._admit(identity, gateway, msg, now):
+            return
         if gateway is not None and not isinstance(msg, wire.Hello):
             link = self._gateways.get(gateway)
             if link is None:
@@ -198,7 +245,7 @@ class Router:
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
-            topo.open_sockets(gateway, msg.sockets)
+            topo.open_sockets(gateway, msg.sockets, msg.users)
             self._reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):
             if gateway is not None:
@@ -216,7 +263,8 @@ class Router:
         elif isinstance(msg, wire.Resync):
             if gateway is None:
                 raise BadRequest("only gateways resync")
-            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets))
+            identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
+            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities)
             if msg.last:
                 log.info("gateway %s resynced", gateway)
                 self._reply(identity, gateway, wire.Reply(ref=msg.ref))
@@ -226,6 +274,14 @@ class Router:
             self._forward_request(identity, gateway, msg, now)
         elif isinstance(msg, wire.Reply):
             self._answer_request(msg)
+        elif isinstance(msg, wire.Delivered):
+            if gateway is not None:
+                self._delivered(msg, gateway)
+        elif isinstance(msg, wire.SetPresence):
+            self._set_presence(identity, gateway, msg)
+        elif isinstance(msg, wire.TrackPresence):
+            topo.track(msg.room, msg.enabled)
+            self._reply(identity, gateway, wire.Reply(ref=msg.ref))
         else:
             raise BadRequest(f"unexpected {msg.KIND} command")
 
@@ -280,7 +336,33 @@ class Router:
             return wire.Reply(ref=msg.ref, names=tuple(topo.members(validate_room(msg.target))))
         if msg.kind is wire.QueryKind.ROOMS:
             return wire.Reply(ref=msg.ref, names=tuple(topo.rooms_of(msg.target)))
+        if msg.kind is wire.QueryKind.PRESENCE:
+            users = topo.presence(validate_room(msg.target))
+            body = {
+                user: {"connections": n, "meta": json.loads(meta) if meta else None}
+                for user, (n, meta) in users.items()
+            }
+            return wire.Reply(ref=msg.ref, body=_json(body))
+        if msg.kind is wire.QueryKind.PRESENCE_STATS:
+            connections, unique = topo.presence_stats(validate_room(msg.target))
+            return wire.Reply(
+                ref=msg.ref, body=_json({"connections": connections, "users": unique})
+            )
         raise BadRequest("unknown query kind")
+
+    def _set_presence(self, identity: bytes, gateway: str | None, msg: wire.SetPresence) -> None:
+        if msg.meta:
+            try:
+                json.loads(msg.meta)
+            except ValueError:
+                raise BadRequest("presence metadata must be json") from None
+        owner = self.topology.set_presence(msg.socket, msg.user, msg.meta)
+        # The socket's gateway keeps the identity for its resyncs.
+        update = wire.MemberUpdate(
+            identities=(wire.SocketRooms(socket=msg.socket, user=msg.user, meta=msg.meta),)
+        )
+        self._to_gateway(owner, wire.encode(update))
+        self._reply(identity, gateway, wire.Reply(ref=msg.ref))
 
     def _apply(self, identity: bytes, gateway: str | None, ref: int, changes: Changes) -> None:
         """Send each affected gateway its MemberUpdate, then acknowledge the caller."""
@@ -305,6 +387,18 @@ class Router:
                 raise BadRequest("broadcast needs at least one room")
             validate_rooms(msg.rooms)
             targets = self.topology.route(msg.rooms)
+        reply = wire.Reply(ref=msg.ref)
+        if msg.receipt or msg.confirm:
+            # Only when asked: an exact count walks the rooms' members.
+            sockets, omitted = self.topology.receipt(msg.rooms, msg.omit, everyone=msg.everyone)
+            reply = dataclasses.replace(reply, sockets=sockets, omitted=omitted)
+        confirm = 0
+        if msg.confirm and msg.ref:
+            targets = list(targets)
+            pending = Pending(identity, gateway, reply, set(targets))
+            confirm = self._confirms.open(pending)
+            timeout = (msg.confirm_timeout_ms or 5000) / 1000
+            asyncio.get_running_loop().call_later(timeout, self._confirm_timeout, confirm)
         body = wire.encode(
             wire.Deliver(
                 rooms=msg.rooms,
@@ -313,6 +407,7 @@ class Router:
                 data=msg.data,
                 omit=msg.omit,
                 accepted_ns=time.time_ns(),
+                confirm=confirm,
             )
         )
         sent = 0
@@ -322,8 +417,23 @@ class Router:
         self.metrics.publishes.inc()
         self.metrics.deliveries.inc(sent)
         self.metrics.fanout_bytes.inc(sent * len(body))
-        if msg.ref:
-            self._reply(identity, gateway, wire.Reply(ref=msg.ref, gateways=sent))
+        if confirm:
+            pending.reply = dataclasses.replace(pending.reply, gateways=sent)
+            if not pending.waiting:
+                self._confirm_timeout(confirm)  # nobody to wait for
+        elif msg.ref:
+            self._reply(identity, gateway, dataclasses.replace(reply, gateways=sent))
+
+    def _delivered(self, msg: wire.Delivered, gateway: str) -> None:
+        done = self._confirms.delivered(msg.confirm, gateway, msg.sockets)
+        if done is not None:
+            self._reply(done.identity, done.gateway, Confirmations.answer(done, complete=True))
+
+    def _confirm_timeout(self, confirm: int) -> None:
+        pending = self._confirms.expire(confirm)
+        if pending is not None:
+            answer = Confirmations.answer(pending, complete=not pending.waiting)
+            self._reply(pending.identity, pending.gateway, answer)
 
     def _forward_request(
         self, identity: bytes, gateway: str | None, msg: wire.Request, now: float
@@ -397,19 +507,105 @@ class Router:
         except zmq.Again:
             self.metrics.fanout_dropped.inc()
 
+    # --- a primary/backup pair --------------------------------------------------------------
+
+    def _admit(self, identity: bytes, gateway: str | None, msg: wire.Message, now: float) -> bool:
+        """Whether a standing-by router of a pair handles ``msg`` (else it answered it).
+
+        Workers register with both routers of a pair all the time (their Hellos, heartbeats
+        and late replies pass), so the router that takes over knows them at once. A gateway's
+        Hello and any SDK command are client requests: the vote that may make us active
+        (router.bstar). Anything else from a gateway means it still takes us for its router:
+        Reset sends it back to Hello, where our refusal makes it try the other router.
+        """
+        if self.pair is None:
+            return True  # a single router: as ever, whatever its state
+        if gateway is None and (
+            isinstance(msg, (wire.Heartbeat, wire.Reply))
+            or (isinstance(msg, wire.Hello) and msg.role is wire.Role.WORKER)
+        ):
+            return True
+        if gateway is not None and not isinstance(msg, wire.Hello):
+            self._reset(gateway)
+            return False
+        decision = self.pair.vote(now)
+        if decision.accept:
+            return True
+        err = RouterPassive(f"this router is standing by: {decision.reason}")
+        self.metrics.command_errors.labels(err.code).inc()
+        ref = getattr(msg, "ref", 0)
+        if gateway is not None:
+            # Not a gateway of ours: no sequenced stream, so answer on its topic directly.
+            self._unsequenced(gateway, _error_reply(ref, err))
+        elif ref:
+            self._reply(identity, None, _error_reply(ref, err))
+        return False
+
+    def _on_pair(self, decision: Decision) -> None:
+        if decision.after is State.ACTIVE:
+            self._take_over(failover=decision.before is State.PASSIVE)
+        elif decision.before is State.ACTIVE:
+            self._step_down()
+
+    def _take_over(self, *, failover: bool) -> None:
+        # A new epoch for every serving period: gateways that knew us before resync anyway.
+        self.epoch = secrets.token_hex(8)
+        self.serving = True
+        self.metrics.serving.set(1)
+        self.metrics.takeovers.inc()
+        self._send_beat()  # gateways looking for the serving router see us at once
+        log.log(
+            logging.WARNING if failover else logging.INFO,
+            "serving as the active router of the pair (epoch %s)",
+            self.epoch,
+        )
+
+    def _step_down(self) -> None:
+        """Fencing: forget every gateway (each is Reset and moves), answer requests in flight."""
+        self.serving = False
+        self.metrics.serving.set(0)
+        self.metrics.stepdowns.inc()
+        gateways = list(self._gateways)
+        for gateway in gateways:
+            self._reset(gateway)
+            self.topology.drop_gateway(gateway)
+        self._gateways.clear()
+        self.topology.take_transitions()  # nobody is left to tell
+        err = RouterUnavailable("the router stepped down before the action answered")
+        for origin in self.workers.drain():
+            self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
+        log.warning("standing by: %d gateways reset", len(gateways))
+
     # --- timers ----------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        beat = wire.encode(wire.RouterBeat(epoch=self.epoch))
         while True:
-            try:
-                self._fanout.send_multipart((wire.CLUSTER_TOPIC, b"", beat), zmq.NOBLOCK)
-            except zmq.Again:
-                self.metrics.fanout_dropped.inc()
             now = time.monotonic()
-            self._expire(now)
+            if self.serving:  # a standing-by router is silent: gateways see who serves
+                self._send_beat()
+                self._expire(now)
             self._expire_workers(now)
             await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    def _send_beat(self) -> None:
+        beat = wire.encode(wire.RouterBeat(epoch=self.epoch))
+        try:
+            self._fanout.send_multipart((wire.CLUSTER_TOPIC, b"", beat), zmq.NOBLOCK)
+        except zmq.Again:
+            self.metrics.fanout_dropped.inc()
+
+    async def _flush_presence(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.presence_interval_s)
+            if self._presence:
+                self._publish_presence()
+
+    def _publish_presence(self) -> None:
+        topo = self.topology
+        for room, (joined, left) in self._presence.flush().items():
+            data = encode_event(room, joined, left, topo.user_meta)
+            self._publish(b"", None, wire.Publish(rooms=(room,), event=PRESENCE_EVENT, data=data))
+            self.metrics.presence_events.inc()
 
     def _expire(self, now: float) -> None:
         limit = self.config.gateway_timeout_s
@@ -450,6 +646,10 @@ class Router:
         self.metrics.requests_answered.labels("timeout").inc()
         err = Timeout("the action did not answer in time")
         self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _status_class(status: int) -> str:

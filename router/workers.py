@@ -71,6 +71,11 @@ class WorkerPool:
     def answer(self, router_ref: int) -> Origin | None:
         return self._pending.pop(router_ref, None)
 
+    def drain(self) -> list[Origin]:
+        """Forget every request in flight (the router stopped serving); returns them."""
+        pending, self._pending = self._pending, {}
+        return list(pending.values())
+
     def expire(self, now: float) -> tuple[list[Origin], list[Origin]]:
         """Requests orphaned by workers silent for longer than the timeout (which are
         forgotten), and requests past their deadline."""

@@ -10,7 +10,8 @@ maps between them.
   ``PayloadTooLarge`` (413 payload_too_large), ``TooManyRooms`` (429 too_many_rooms),
   ``RateLimited`` (429 rate_limited), ``ActionFailed`` (500 action_failed), ``InternalError``
   (500 internal), ``NoWorker`` (503 no_worker), ``RouterUnavailable`` (503 router_unavailable),
-  ``Timeout`` (504 timeout).
+  ``RouterPassive`` (503 router_passive: a standby router refused a command it did not apply, so
+  the caller may send it to the other router of the pair), ``Timeout`` (504 timeout).
 
 Two errors are not for callers to catch as results: ``WireError`` (a peer sent bytes we cannot
 decode: count and drop) and ``StateError`` (our own code misused an object: a bug).
@@ -31,6 +32,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RoomcastError",
+    "RouterPassive",
     "RouterUnavailable",
     "StateError",
     "Timeout",
@@ -119,6 +121,12 @@ class RouterUnavailable(RoomcastError):
     status, code = 503, "router_unavailable"
 
 
+class RouterPassive(RoomcastError):
+    """A standby router refused the command and applied nothing: try the other router."""
+
+    status, code = 503, "router_passive"
+
+
 class Timeout(RoomcastError):
     status, code = 504, "timeout"
 
@@ -146,6 +154,7 @@ _BY_CODE: dict[str, type[RoomcastError]] = {
         InternalError,
         NoWorker,
         RouterUnavailable,
+        RouterPassive,
         Timeout,
     )
 }

@@ -9,17 +9,23 @@ changes the shell must send down (``MemberUpdate``) — nothing here performs I/
 Invariants (checked by the unit tests): each registered socket is in its own-id room, which it
 cannot leave; ``rooms[r][g]`` is non-empty and equals the sockets of gateway ``g`` that are in
 ``r``; a socket is in at most ``max_rooms_per_socket`` rooms besides its own.
+
+Presence: a socket may carry a user identity (and JSON metadata). Per room, the topology counts
+connections per user, so "first connection of a user in, last one out" is an O(1) edge, queued
+as a :class:`Transition` for rooms whose presence is tracked (``tracked`` decides once per room
+when it comes into being, or ``track()`` flags it); the shell drains them with
+``take_transitions()``. Anonymous sockets cost nothing here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from roomcast.core.errors import NoSuchSocket, TooManyRooms
 from roomcast.core.rooms import MAX_ROOMS_PER_SOCKET, validate_room
 
-__all__ = ["GatewayChanges", "Topology"]
+__all__ = ["GatewayChanges", "Topology", "Transition"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,18 +39,42 @@ class GatewayChanges:
 Changes = dict[str, GatewayChanges]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """A user's first connection entered ``room`` (joined) or its last one left it."""
+
+    room: str
+    user: str
+    joined: bool
+
+
 @dataclasses.dataclass(slots=True)
 class _Socket:
     gateway: str
     rooms: set[str]
+    user: str = ""
+    meta: bytes = b""
 
 
 class Topology:
-    def __init__(self, *, max_rooms_per_socket: int = MAX_ROOMS_PER_SOCKET) -> None:
+    def __init__(
+        self,
+        *,
+        max_rooms_per_socket: int = MAX_ROOMS_PER_SOCKET,
+        tracked: Callable[[str], bool] = lambda room: False,
+    ) -> None:
         self.max_rooms_per_socket = max_rooms_per_socket
         self._sockets: dict[str, _Socket] = {}
         self._rooms: dict[str, dict[str, set[str]]] = {}
         self._gateways: dict[str, set[str]] = {}
+        # Presence: room -> user -> connections, only for sockets that carry a user.
+        self._presence: dict[str, dict[str, int]] = {}
+        self._is_tracked = tracked
+        self._flagged: set[str] = set()  # rooms the backend asked to track
+        self._tracked: set[str] = set()  # existing rooms whose transitions are queued
+        self._transitions: list[Transition] = []
+        # Last metadata per user, for presence events (kept small: only users that set one).
+        self._user_meta: dict[str, bytes] = {}
 
     # --- gateways and sockets ---------------------------------------------------------------
 
@@ -69,13 +99,15 @@ class Topology:
     def gateways(self) -> list[str]:
         return list(self._gateways)
 
-    def open_sockets(self, gateway: str, sockets: Iterable[str]) -> None:
-        """Register new connections of ``gateway``, each in its own-id room."""
+    def open_sockets(self, gateway: str, sockets: Iterable[str], users: Sequence[str] = ()) -> None:
+        """Register new connections of ``gateway``, each in its own-id room (``users``: their
+        presence identities, in the same order; missing or "" means none)."""
         owned = self._gateways.setdefault(gateway, set())
-        for sid in sockets:
+        for i, sid in enumerate(sockets):
             if sid in self._sockets:
                 self._forget(sid)
-            self._sockets[sid] = _Socket(gateway, set())
+            user = users[i] if i < len(users) else ""
+            self._sockets[sid] = _Socket(gateway, set(), user)
             owned.add(sid)
             self._add(sid, sid)
 
@@ -89,11 +121,22 @@ class Topology:
                 closed += 1
         return closed
 
-    def resync(self, gateway: str, sockets: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Apply a gateway's replayed state: sockets with their rooms (invalid rooms dropped)."""
+    def resync(
+        self,
+        gateway: str,
+        sockets: Iterable[tuple[str, Sequence[str]]],
+        identities: Mapping[str, tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Apply a gateway's replayed state: sockets with their rooms (invalid rooms dropped)
+        and, in ``identities``, the presence identity and metadata of those that have one."""
+        identities = identities or {}
         for sid, rooms in sockets:
-            self.open_sockets(gateway, (sid,))
+            user, meta = identities.get(sid, ("", b""))
+            self.open_sockets(gateway, (sid,), (user,))
             entry = self._sockets[sid]
+            entry.meta = meta
+            if user and meta:
+                self._user_meta[user] = meta
             for room in rooms:
                 if len(entry.rooms) > self.max_rooms_per_socket:
                     break
@@ -143,6 +186,96 @@ class Topology:
         validate_room(source)
         return self.change(self.members(source), rooms, leave=remove)
 
+    # --- presence ------------------------------------------------------------------------------
+
+    def set_presence(self, socket: str, user: str, meta: bytes) -> str:
+        """Give a socket a presence identity ("" clears it); returns its gateway."""
+        entry = self._entry(socket)
+        if user != entry.user:
+            for room in entry.rooms:
+                self._count_out(entry, room)
+            entry.user = user
+            for room in entry.rooms:
+                self._count_in(entry, room)
+        entry.meta = meta
+        if user and meta:
+            self._user_meta[user] = meta
+        return entry.gateway
+
+    def track(self, room: str, enabled: bool) -> None:
+        """Flag a room for presence transitions, whether or not it matches ``tracked``."""
+        validate_room(room)
+        if enabled:
+            self._flagged.add(room)
+            if room in self._rooms:
+                self._tracked.add(room)
+        else:
+            self._flagged.discard(room)
+            if not self._is_tracked(room):
+                self._tracked.discard(room)
+
+    def take_transitions(self) -> list[Transition]:
+        transitions, self._transitions = self._transitions, []
+        return transitions
+
+    def presence(self, room: str) -> dict[str, tuple[int, bytes]]:
+        """user -> (connections, metadata of one of them) in ``room``."""
+        result: dict[str, tuple[int, bytes]] = {}
+        counts = self._presence.get(room, {})
+        for sid in self.members(room):
+            entry = self._sockets[sid]
+            if entry.user and entry.user not in result:
+                result[entry.user] = (counts.get(entry.user, 0), entry.meta)
+        return result
+
+    def presence_stats(self, room: str) -> tuple[int, int]:
+        """(connections, unique users) in ``room``; anonymous connections count as connections."""
+        return self.count(room), len(self._presence.get(room, {}))
+
+    def user_meta(self, user: str) -> bytes:
+        """The metadata last given to any connection of ``user`` (b"" if none)."""
+        return self._user_meta.get(user, b"")
+
+    def receipt(
+        self, rooms: Sequence[str], omit: Sequence[str], *, everyone: bool
+    ) -> tuple[int, int]:
+        """(sockets a publish reaches, members it leaves out by omit): exact, deduplicated."""
+        if everyone:
+            total = len(self._sockets)
+            omitted = sum(1 for sid in set(omit) if sid in self._sockets)
+            return total - omitted, omitted
+        targets: set[str] = set()
+        for room in rooms:
+            for members in self._rooms.get(room, {}).values():
+                targets |= members
+        omitted = len(targets.intersection(omit))
+        return len(targets) - omitted, omitted
+
+    def _count_in(self, entry: _Socket, room: str) -> None:
+        if not entry.user:
+            return
+        users = self._presence.setdefault(room, {})
+        n = users.get(entry.user, 0) + 1
+        users[entry.user] = n
+        if n == 1 and room in self._tracked:
+            self._transitions.append(Transition(room, entry.user, True))
+
+    def _count_out(self, entry: _Socket, room: str) -> None:
+        if not entry.user:
+            return
+        users = self._presence.get(room)
+        if users is None:
+            return
+        n = users.get(entry.user, 0) - 1
+        if n > 0:
+            users[entry.user] = n
+            return
+        users.pop(entry.user, None)
+        if not users:
+            del self._presence[room]
+        if room in self._tracked:
+            self._transitions.append(Transition(room, entry.user, False))
+
     # --- routing and introspection ------------------------------------------------------------
 
     def route(self, rooms: Iterable[str]) -> set[str]:
@@ -186,7 +319,13 @@ class Topology:
     def _add(self, sid: str, room: str) -> None:
         entry = self._sockets[sid]
         entry.rooms.add(room)
-        self._rooms.setdefault(room, {}).setdefault(entry.gateway, set()).add(sid)
+        by_gateway = self._rooms.get(room)
+        if by_gateway is None:
+            by_gateway = self._rooms[room] = {}
+            if room != sid and (room in self._flagged or self._is_tracked(room)):
+                self._tracked.add(room)
+        by_gateway.setdefault(entry.gateway, set()).add(sid)
+        self._count_in(entry, room)
 
     def _remove(self, sid: str, room: str) -> None:
         entry = self._sockets[sid]
@@ -195,12 +334,15 @@ class Topology:
         if by_gateway is None:
             return
         members = by_gateway.get(entry.gateway)
-        if members is not None:
+        if members is not None and sid in members:
             members.discard(sid)
+            self._count_out(entry, room)
             if not members:
                 del by_gateway[entry.gateway]
                 if not by_gateway:
                     del self._rooms[room]
+                    if room not in self._flagged:
+                        self._tracked.discard(room)
 
     def _forget(self, sid: str) -> None:
         entry = self._sockets[sid]

@@ -28,6 +28,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "CopyMembers",
     "Deliver",
+    "Delivered",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -35,6 +36,7 @@ __all__ = [
     "MemberUpdate",
     "Membership",
     "Message",
+    "PeerState",
     "Publish",
     "Query",
     "QueryKind",
@@ -44,9 +46,13 @@ __all__ = [
     "Resync",
     "Role",
     "RouterBeat",
+    "RouterRole",
+    "RouterState",
+    "SetPresence",
     "SocketClose",
     "SocketOpen",
     "SocketRooms",
+    "TrackPresence",
     "compatible",
     "decode",
     "encode",
@@ -73,17 +79,35 @@ class Role(enum.IntEnum):
     WORKER = 3
 
 
+class RouterRole(enum.IntEnum):
+    UNSPECIFIED = 0
+    PRIMARY = 1
+    BACKUP = 2
+
+
+class RouterState(enum.IntEnum):
+    UNSPECIFIED = 0
+    PRIMARY = 1
+    BACKUP = 2
+    ACTIVE = 3
+    PASSIVE = 4
+
+
 class QueryKind(enum.IntEnum):
     UNSPECIFIED = 0
     COUNT = 1
     MEMBERS = 2
     ROOMS = 3
+    PRESENCE = 4
+    PRESENCE_STATS = 5
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SocketRooms:
     socket: str = ""
     rooms: tuple[str, ...] = ()
+    user: str = ""
+    meta: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +130,7 @@ class SocketOpen:
     KIND: ClassVar[str] = "socket_open"
     ref: int = 0
     sockets: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +173,9 @@ class Publish:
     event: str = "message"
     data: bytes = b"null"
     omit: tuple[str, ...] = ()
+    receipt: bool = False
+    confirm: bool = False
+    confirm_timeout_ms: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +206,30 @@ class Request:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SetPresence:
+    KIND: ClassVar[str] = "set_presence"
+    ref: int = 0
+    socket: str = ""
+    user: str = ""
+    meta: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TrackPresence:
+    KIND: ClassVar[str] = "track_presence"
+    ref: int = 0
+    room: str = ""
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Delivered:
+    KIND: ClassVar[str] = "delivered"
+    confirm: int = 0
+    sockets: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HelloAck:
     KIND: ClassVar[str] = "hello_ack"
     ref: int = 0
@@ -198,6 +250,10 @@ class Reply:
     body: bytes = b""
     headers: bytes = b""
     gateways: int = 0
+    sockets: int = 0
+    omitted: int = 0
+    confirmed: int = 0
+    complete: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,6 +261,7 @@ class MemberUpdate:
     KIND: ClassVar[str] = "member_update"
     joins: tuple[SocketRooms, ...] = ()
     leaves: tuple[SocketRooms, ...] = ()
+    identities: tuple[SocketRooms, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +273,7 @@ class Deliver:
     data: bytes = b"null"
     omit: tuple[str, ...] = ()
     accepted_ns: int = 0
+    confirm: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +285,16 @@ class RouterBeat:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reset:
     KIND: ClassVar[str] = "reset"
+    epoch: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PeerState:
+    """Router to router (a primary/backup pair): the sender's role, state and epoch."""
+
+    KIND: ClassVar[str] = "peer_state"
+    role: RouterRole = RouterRole.UNSPECIFIED
+    state: RouterState = RouterState.UNSPECIFIED
     epoch: str = ""
 
 
@@ -242,12 +310,16 @@ Message = (
     | Query
     | Resync
     | Request
+    | SetPresence
+    | TrackPresence
+    | Delivered
     | HelloAck
     | Reply
     | MemberUpdate
     | Deliver
     | RouterBeat
     | Reset
+    | PeerState
 )
 
 _TYPES: tuple[type[Message], ...] = Message.__args__
@@ -269,6 +341,10 @@ def _plan(cls: type) -> tuple[tuple[str, object], ...]:
             plan.append((f.name, Role))
         elif t == "QueryKind":
             plan.append((f.name, QueryKind))
+        elif t == "RouterRole":
+            plan.append((f.name, RouterRole))
+        elif t == "RouterState":
+            plan.append((f.name, RouterState))
         else:
             plan.append((f.name, _SCALAR))
     return tuple(plan)
@@ -291,7 +367,7 @@ def encode(msg: Message) -> bytes:
         elif how is _ROOMS:
             target = getattr(sub, name)
             for item in value:
-                target.add(socket=item.socket, rooms=item.rooms)
+                target.add(socket=item.socket, rooms=item.rooms, user=item.user, meta=item.meta)
         else:
             setattr(sub, name, value)
     return frame.SerializeToString()
@@ -315,7 +391,10 @@ def decode(data: bytes) -> Message:
         if how is _LIST:
             kwargs[name] = tuple(value)
         elif how is _ROOMS:
-            kwargs[name] = tuple(SocketRooms(socket=i.socket, rooms=tuple(i.rooms)) for i in value)
+            kwargs[name] = tuple(
+                SocketRooms(socket=i.socket, rooms=tuple(i.rooms), user=i.user, meta=i.meta)
+                for i in value
+            )
         elif how is _SCALAR:
             kwargs[name] = value
         else:

@@ -17,6 +17,7 @@ from roomcast.core.errors import (
     PayloadTooLarge,
     RateLimited,
     RoomcastError,
+    RouterPassive,
     RouterUnavailable,
     StateError,
     Timeout,
@@ -38,6 +39,7 @@ TABLE: list[tuple[type[RoomcastError], int, str]] = [
     (InternalError, 500, "internal"),
     (NoWorker, 503, "no_worker"),
     (RouterUnavailable, 503, "router_unavailable"),
+    (RouterPassive, 503, "router_passive"),
     (Timeout, 504, "timeout"),
 ]
 IDS = [cls.__name__ for cls, _, _ in TABLE]

@@ -12,19 +12,30 @@ from roomcast.core import wire
 from roomcast.core.errors import WireError
 from roomcast.core.pb import roomcast_pb2 as pb
 
-ROOMS = (wire.SocketRooms(socket="s1", rooms=("a", "b:c")), wire.SocketRooms(socket="s2"))
+ROOMS = (
+    wire.SocketRooms(socket="s1", rooms=("a", "b:c"), user="ada", meta=b'{"tab":2}'),
+    wire.SocketRooms(socket="s2"),
+)
 
 # One instance of every message type with every field set away from its default.
 SAMPLES: list[wire.Message] = [
     wire.Hello(ref=1, node_id="g1", role=wire.Role.GATEWAY, protocol_version=7),
     wire.Heartbeat(node_id="g1"),
-    wire.SocketOpen(ref=2, sockets=("s1", "s2")),
+    wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", "")),
     wire.SocketClose(sockets=("s1",)),
     wire.Membership(ref=3, leave=True, sockets=("s1", "s2"), rooms=("a", "b")),
     wire.LeaveAll(ref=4, room="sails_model_user_7:user"),
     wire.CopyMembers(ref=5, remove=True, source="src", rooms=("d1", "d2")),
     wire.Publish(
-        ref=6, rooms=("a",), everyone=True, event="chat", data=b'{"x":1}', omit=("s1", "s2")
+        ref=6,
+        rooms=("a",),
+        everyone=True,
+        event="chat",
+        data=b'{"x":1}',
+        omit=("s1", "s2"),
+        receipt=True,
+        confirm=True,
+        confirm_timeout_ms=2500,
     ),
     wire.Query(ref=7, kind=wire.QueryKind.MEMBERS, target="room"),
     wire.Resync(ref=8, sockets=ROOMS, last=True),
@@ -42,13 +53,31 @@ SAMPLES: list[wire.Message] = [
         body=b'{"ok":true}',
         headers=b"{}",
         gateways=2,
+        sockets=9,
+        omitted=1,
+        confirmed=8,
+        complete=True,
     ),
-    wire.MemberUpdate(joins=ROOMS, leaves=(wire.SocketRooms(socket="s3", rooms=("z",)),)),
+    wire.MemberUpdate(
+        joins=ROOMS,
+        leaves=(wire.SocketRooms(socket="s3", rooms=("z",)),),
+        identities=(wire.SocketRooms(socket="s1", user="ada", meta=b"{}"),),
+    ),
     wire.Deliver(
-        rooms=("a", "b"), everyone=True, event="e", data=b"\x00\xff", omit=("s1",), accepted_ns=42
+        rooms=("a", "b"),
+        everyone=True,
+        event="e",
+        data=b"\x00\xff",
+        omit=("s1",),
+        accepted_ns=42,
+        confirm=5,
     ),
     wire.RouterBeat(epoch="e2"),
     wire.Reset(epoch="e3"),
+    wire.SetPresence(ref=11, socket="s1", user="ada", meta=b'{"tab":1}'),
+    wire.TrackPresence(ref=12, room="chat:1", enabled=False),
+    wire.Delivered(confirm=7, sockets=42),
+    wire.PeerState(role=wire.RouterRole.BACKUP, state=wire.RouterState.PASSIVE, epoch="e4"),
 ]
 
 ALL_TYPES: tuple[type, ...] = typing.get_args(wire.Message)
@@ -102,6 +131,16 @@ def test_every_query_kind_round_trips_as_enum(kind: wire.QueryKind) -> None:
     decoded = wire.decode(wire.encode(wire.Query(kind=kind)))
     assert isinstance(decoded, wire.Query)
     assert decoded.kind is kind
+
+
+@pytest.mark.parametrize("state", list(wire.RouterState), ids=lambda s: s.name)
+@pytest.mark.parametrize("role", list(wire.RouterRole), ids=lambda r: r.name)
+def test_every_peer_state_round_trips_as_enums(
+    role: wire.RouterRole, state: wire.RouterState
+) -> None:
+    decoded = wire.decode(wire.encode(wire.PeerState(role=role, state=state)))
+    assert isinstance(decoded, wire.PeerState)
+    assert decoded.role is role and decoded.state is state
 
 
 def test_nested_socket_rooms_decode_to_tuples() -> None:

@@ -1,0 +1,138 @@
+"""The bench's baseline: a minimal single-process Tornado broadcaster using plain ``write_message``.
+
+This is what a straightforward Tornado app does, and what ``roomcast bench fanout --baseline``
+compares roomcast against in the same run: every ``/ws`` connection is in one room, and each
+broadcast from a client is encoded once and sent to every other connection with
+``write_message`` (one call, one frame and one socket write per recipient per message).
+
+It speaks the subset of the plain ``/ws`` protocol (DESIGN.md §4) the bench drives, so the same
+clients and publisher run against both: ``{"op":"welcome","socket":ID}`` on open, ``join``/``leave``
+answered 200 (everyone is in the one room anyway), ``broadcast`` pushed as
+``{"op":"event","event":E,"data":D}`` to every other connection.
+
+Run as a process: ``python -m roomcast.bench.baseline --host 127.0.0.1 --port 0`` prints
+``READY {"public": "http://127.0.0.1:P"}``; SIGTERM closes the connections and exits 0.
+Imports nothing from the gateway or the router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+
+__all__ = ["main", "make_app"]
+
+log = logging.getLogger("roomcast.bench.baseline")
+
+_ids = itertools.count(1)
+_DRAIN_S = 2.0  # how long SIGTERM waits for clients to answer the close
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Broadcaster(tornado.websocket.WebSocketHandler):
+    conns: set[_Broadcaster]
+
+    def initialize(self, conns: set[_Broadcaster]) -> None:
+        self.conns = conns
+        self.sid = f"b{next(_ids)}"
+
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.set_nodelay(True)
+        self.conns.add(self)
+        self.write_message(_dumps({"op": "welcome", "socket": self.sid}))
+
+    def on_close(self) -> None:
+        self.conns.discard(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            msg = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        op, ref = msg.get("op"), msg.get("ref")
+        if op == "broadcast":
+            payload = _dumps(
+                {"op": "event", "event": msg.get("event", "message"), "data": msg.get("data")}
+            )
+            for conn in list(self.conns):
+                if conn is not self:
+                    try:
+                        conn.write_message(payload)
+                    except tornado.websocket.WebSocketClosedError:
+                        pass
+        if ref is not None and op in ("broadcast", "join", "leave"):
+            reply = {"op": "reply", "ref": ref, "statusCode": 200, "body": {}, "headers": {}}
+            self.write_message(_dumps(reply))
+
+
+def make_app(conns: set[Any]) -> tornado.web.Application:
+    return tornado.web.Application(
+        [(r"/ws", _Broadcaster, {"conns": conns})], log_function=lambda handler: None
+    )
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve(host: str, port: int) -> None:
+    conns: set[_Broadcaster] = set()
+    sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
+    server = tornado.httpserver.HTTPServer(make_app(conns))
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = sockets[0].getsockname()[1]
+    sys.stdout.write("READY " + _dumps({"public": f"http://{host}:{bound}"}) + "\n")
+    sys.stdout.flush()
+    await stop.wait()
+    server.stop()
+    for conn in list(conns):
+        conn.close(1001, "going away")
+    deadline = loop.time() + _DRAIN_S
+    while conns and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m roomcast.bench.baseline",
+        description="The bench's baseline: one-process Tornado broadcaster (plain write_message).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address")
+    parser.add_argument("--port", type=int, default=0, help="port (0: a free one)")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper())
+    _raise_fd_limit()
+    asyncio.run(_serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
