@@ -21,7 +21,7 @@ from tornado.http1connection import HTTP1Connection
 
 from gateway.api_spec import OPERATIONS, openapi_document
 from gateway.metrics import GatewayMetrics
-from roomcast.cluster import Cluster
+from roomcast.cluster import Cluster, Receipt
 from roomcast.core.errors import (
     BadRequest,
     Forbidden,
@@ -81,15 +81,47 @@ def _object(body: dict[str, Any], name: str, *, required: bool = False) -> Any:
     return value
 
 
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be a boolean")
+    return value
+
+
+def _receipt_args(b: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's receipt arguments from a broadcast/blast body ({} when none is asked for)."""
+    receipt, confirm = _flag(b, "receipt", False), _flag(b, "confirm", False)
+    timeout = b.get("confirm_timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise BadRequest("confirm_timeout must be a number of seconds within (0, 60]")
+    if not (receipt or confirm):
+        return {}
+    return {"receipt": True, "confirm": confirm, "confirm_timeout": float(timeout)}
+
+
+def _published(result: int | Receipt) -> dict[str, Any]:
+    if isinstance(result, int):
+        return {"gateways": result}
+    out: dict[str, Any] = {
+        "gateways": result.gateways,
+        "sockets": result.sockets,
+        "omitted": result.omitted,
+    }
+    if result.confirmed is not None:
+        out |= {"confirmed": result.confirmed, "complete": bool(result.complete)}
+    return out
+
+
 async def _broadcast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    event = b.get("event", "message")
-    gateways = await c.sockets.broadcast(b["rooms"], event, b.get("data"), omit=b.get("omit"))
-    return {"gateways": gateways}
+    event, more = b.get("event", "message"), _receipt_args(b)
+    result = await c.sockets.broadcast(b["rooms"], event, b.get("data"), omit=b.get("omit"), **more)
+    return _published(result)
 
 
 async def _blast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    gateways = await c.sockets.blast(b.get("event", "message"), b.get("data"), omit=b.get("omit"))
-    return {"gateways": gateways}
+    event, more = b.get("event", "message"), _receipt_args(b)
+    result = await c.sockets.blast(event, b.get("data"), omit=b.get("omit"), **more)
+    return _published(result)
 
 
 async def _join(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +159,28 @@ async def _members(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
 
 async def _rooms(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
     return {"rooms": await c.sockets.rooms(b["socket"])}
+
+
+async def _presence(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    return {"presence": await c.sockets.presence(b["room"])}
+
+
+async def _presence_stats(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    stats = await c.sockets.presence_stats(b["room"])
+    return {"connections": stats["connections"], "users": stats["users"]}
+
+
+async def _set_presence(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    socket, user = b["socket"], b["user"]
+    if not isinstance(socket, str) or not socket:
+        raise BadRequest("socket must be a non-empty string")
+    await c.sockets.set_presence(socket, user, b.get("meta"))
+    return {}
+
+
+async def _track_presence(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
+    await c.sockets.track_presence(b["room"], _flag(b, "enabled", True))
+    return {}
 
 
 async def _publish(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +236,10 @@ _RUN: dict[str, _Run] = {
     "count": _count,
     "members": _members,
     "rooms": _rooms,
+    "presence": _presence,
+    "presence_stats": _presence_stats,
+    "set_presence": _set_presence,
+    "track_presence": _track_presence,
     "publish": _publish,
     "publish_create": _publish_create,
     "publish_update": _publish_update,

@@ -52,7 +52,41 @@ class Operation:
     result: dict[str, Any]
 
 
-_GATEWAYS = _obj(["gateways"], gateways={"type": "integer", "minimum": 0})
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+# Publish receipts: asked for with these fields of broadcast and blast, answered in the result.
+_RECEIPT_FIELDS: dict[str, dict[str, Any]] = {
+    "receipt": {
+        "type": "boolean",
+        "default": False,
+        "description": "answer with exact socket counts (sockets, omitted)",
+    },
+    "confirm": {
+        "type": "boolean",
+        "default": False,
+        "description": "answer once every gateway confirmed it queued the message (or at "
+        "confirm_timeout): adds confirmed and complete; implies receipt",
+    },
+    "confirm_timeout": {
+        "type": "number",
+        "exclusiveMinimum": True,
+        "minimum": 0,
+        "maximum": 60,
+        "default": 5,
+        "description": "seconds to wait for the confirmations",
+    },
+}
+_PUBLISHED: dict[str, Any] = _obj(
+    ["gateways"],
+    gateways={**_COUNT, "description": "gateways the router handed the message to"},
+    sockets={**_COUNT, "description": "sockets addressed, each once (with receipt)"},
+    omitted={**_COUNT, "description": "members left out by omit (with receipt)"},
+    confirmed={**_COUNT, "description": "sockets the gateways queued it for (with confirm)"},
+    complete={
+        "type": "boolean",
+        "description": "every gateway confirmed within confirm_timeout (with confirm)",
+    },
+)
+_META: dict[str, Any] = {"description": "the user's presence metadata (any JSON value), or null"}
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
@@ -60,14 +94,16 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "broadcast",
             "Send an event once to every member of any of the rooms (except omit).",
-            _obj(["rooms"], rooms=_ROOMS, event=_EVENT, data=_DATA, omit=_SOCKETS),
-            _GATEWAYS,
+            _obj(
+                ["rooms"], rooms=_ROOMS, event=_EVENT, data=_DATA, omit=_SOCKETS, **_RECEIPT_FIELDS
+            ),
+            _PUBLISHED,
         ),
         Operation(
             "blast",
             "Send an event to every connected socket in the cluster (except omit).",
-            _obj([], event=_EVENT, data=_DATA, omit=_SOCKETS),
-            _GATEWAYS,
+            _obj([], event=_EVENT, data=_DATA, omit=_SOCKETS, **_RECEIPT_FIELDS),
+            _PUBLISHED,
         ),
         Operation(
             "join",
@@ -116,6 +152,51 @@ OPERATIONS: dict[str, Operation] = {
             "The rooms a socket is in (its own id room included).",
             _obj(["socket"], socket=_SOCKET),
             _obj(["rooms"], rooms={"type": "array", "items": _ROOM}),
+        ),
+        Operation(
+            "presence",
+            "The users in the room, cluster-wide, with their connection counts and metadata.",
+            _obj(["room"], room=_ROOM),
+            _obj(
+                ["presence"],
+                presence={
+                    "type": "object",
+                    "description": "user -> {connections, meta}",
+                    "additionalProperties": _obj(
+                        ["connections", "meta"],
+                        connections={"type": "integer", "minimum": 1},
+                        meta=_META,
+                    ),
+                },
+            ),
+        ),
+        Operation(
+            "presence_stats",
+            "Exact connections and unique users in the room (anonymous sockets are connections).",
+            _obj(["room"], room=_ROOM),
+            _obj(["connections", "users"], connections=_COUNT, users=_COUNT),
+        ),
+        Operation(
+            "set_presence",
+            "Give a socket a presence identity and metadata (user null clears it).",
+            _obj(
+                ["socket", "user"],
+                socket=_SOCKET,
+                user={
+                    "type": "string",
+                    "minLength": 1,
+                    "nullable": True,
+                    "description": "the user id; null clears the socket's identity",
+                },
+                meta={"description": "small JSON metadata shown with the user (default null)"},
+            ),
+            _EMPTY,
+        ),
+        Operation(
+            "track_presence",
+            "Push presence join/leave events to the room's members (enabled false: stop).",
+            _obj(["room"], room=_ROOM, enabled={"type": "boolean", "default": True}),
+            _EMPTY,
         ),
         Operation(
             "publish",

@@ -54,8 +54,9 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     # --- protocol hooks --------------------------------------------------------------------
 
-    def event_frame(self, event: str, data_json: bytes) -> bytes:
-        """The complete WebSocket frame of a push, in this connection's protocol."""
+    def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
+        """The complete WebSocket frame of a push, in this connection's protocol
+        (``history_json``: the message's positions in rooms that keep a history)."""
         raise NotImplementedError
 
     def on_registered(self) -> None:

@@ -251,6 +251,7 @@ class Gateway:
             targets = self.local.targets(msg.rooms, msg.omit)
         # One frame per client protocol, built on first use and shared by every recipient.
         frames: dict[type, bytes] = {}
+        history = _history_json(msg.offsets) if msg.offsets else b""
         conns = self.conns
         sent = 0
         for sid in targets:
@@ -260,7 +261,7 @@ class Gateway:
             kind = type(conn)
             frame = frames.get(kind)
             if frame is None:
-                frame = frames[kind] = conn.event_frame(msg.event, msg.data)
+                frame = frames[kind] = conn.event_frame(msg.event, msg.data, history)
             conn.push(frame)
             sent += 1
         if sent:
@@ -363,3 +364,7 @@ class Gateway:
             ws = conn.ws_connection
             if ws is not None and ws.stream is not None:
                 ws.stream.close()
+
+
+def _history_json(offsets: tuple[wire.RoomOffset, ...]) -> bytes:
+    return dumps({o.room: {"epoch": o.epoch, "offset": o.offset} for o in offsets})

@@ -21,8 +21,8 @@ def _slow_down() -> RateLimited:
 
 
 class PlainHandler(Connection):
-    def event_frame(self, event: str, data_json: bytes) -> bytes:
-        return text_frame(plainws.encode_event(event, data_json))
+    def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
+        return text_frame(plainws.encode_event(event, data_json, history_json))
 
     def on_registered(self) -> None:
         super().on_registered()
@@ -79,13 +79,22 @@ class PlainHandler(Connection):
                 if op.ref is not None:
                     self.send_payload(plainws.encode_reply(op.ref, 200, {}))
             elif isinstance(op, plainws.MembershipOp):
-                await run(
+                reply = await run(
                     "leave" if op.leave else "join",
                     lambda ref: wire.Membership(
-                        ref=ref, leave=op.leave, sockets=(sid,), rooms=tuple(op.rooms)
+                        ref=ref,
+                        leave=op.leave,
+                        sockets=(sid,),
+                        rooms=tuple(op.rooms),
+                        recover=op.recover,
+                        since_epoch=op.since_epoch,
+                        since_offset=op.since_offset,
                     ),
                 )
-                self.send_payload(plainws.encode_reply(op.ref, 200, {}))
+                if op.recover:  # {"recovered", "epoch", "offset", "messages": [...]}
+                    self.send_payload(plainws.encode_raw_reply(op.ref, 200, reply.body, b"{}"))
+                else:
+                    self.send_payload(plainws.encode_reply(op.ref, 200, {}))
             elif isinstance(op, plainws.PresenceOp):
                 kind = wire.QueryKind.PRESENCE_STATS if op.stats else wire.QueryKind.PRESENCE
                 reply = await run(

@@ -43,6 +43,10 @@ class MembershipOp:
     ref: Ref
     rooms: list[str]
     leave: bool
+    # join with recovery: {"op":"join","room":R,"recover":true,"since":{"epoch":E,"offset":N}}
+    recover: bool = False
+    since_epoch: str = ""
+    since_offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,8 +156,23 @@ def _parse_op(frame: dict[str, Any], ref: Ref | None) -> Op:
         return RequestOp(ref, method.upper(), _utf8(url), dumps(frame.get("data")), dumps(headers))
     if op in ("presence", "presence_stats"):
         return PresenceOp(ref, validate_room(frame.get("room")), op == "presence_stats")
-    rooms = frame.get("room", frame.get("rooms"))
-    return MembershipOp(ref, as_room_list(rooms), op == "leave")
+    rooms = as_room_list(frame.get("room", frame.get("rooms")))
+    since = frame.get("since")
+    recover = frame.get("recover", since is not None)
+    if op == "leave" or not recover:
+        return MembershipOp(ref, rooms, op == "leave")
+    if recover is not True or len(rooms) != 1:
+        raise BadRequest("recover must be true, on a join of exactly one room")
+    if since is None:  # a first join: learn the room's position, recover nothing
+        return MembershipOp(ref, rooms, False, True)
+    if not isinstance(since, dict):
+        raise BadRequest("since must be an object {epoch, offset}")
+    epoch, offset = since.get("epoch"), since.get("offset")
+    if not isinstance(epoch, str) or isinstance(offset, bool) or not isinstance(offset, int):
+        raise BadRequest("since needs a string epoch and an integer offset")
+    if not 0 <= offset < 2**63:
+        raise BadRequest("since.offset out of range")
+    return MembershipOp(ref, rooms, False, True, _utf8(epoch), offset)
 
 
 def encode_welcome(socket: str) -> bytes:
@@ -183,6 +202,8 @@ def encode_error(status: int, body: object) -> bytes:
     return dumps({"op": "error", "statusCode": status, "body": body})
 
 
-def encode_event(event: str, data_json: bytes) -> bytes:
-    """A push; ``data_json`` is the publisher's JSON, spliced in without re-parsing."""
-    return b'{"op":"event","event":' + dumps(event) + b',"data":' + data_json + b"}"
+def encode_event(event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
+    """A push; ``data_json`` is the publisher's JSON, spliced in without re-parsing.
+    ``history_json`` (rooms that keep a history): ``{"room": {"epoch": E, "offset": N}}``."""
+    tail = b',"history":' + history_json + b"}" if history_json else b"}"
+    return b'{"op":"event","event":' + dumps(event) + b',"data":' + data_json + tail

@@ -84,7 +84,11 @@ class SioHandler(Connection):
         )
         super().open(*args, **kwargs)
 
-    def event_frame(self, event: str, data_json: bytes) -> bytes:
+    def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
+        if history_json:
+            # An extra argument plain clients ignore: 42["event",data,{"roomcast":{...}}].
+            extra = b',{"roomcast":{"history":' + history_json + b"}}"
+            return text_frame(socketio.encode_event(event, data_json + extra))
         return text_frame(socketio.encode_event(event, data_json))
 
     def on_registered(self) -> None:
@@ -197,6 +201,9 @@ class SioHandler(Connection):
         if event in _PRESENCE_EVENTS and self.welcomed:
             self._presence(packet, stats=event == "roomcast:presence_stats")
             return
+        if event == "roomcast:recover" and self.welcomed:
+            self._recover(packet)
+            return
         if event not in sails.VIRTUAL_METHODS:
             if packet.ack is not None:
                 self.fail(packet.ack, BadRequest(f"unknown event {event[:64]!r}"))
@@ -232,6 +239,48 @@ class SioHandler(Connection):
             try:
                 reply = await self.gateway.run_op(
                     "presence", lambda ref: wire.Query(ref=ref, kind=kind, target=room)
+                )
+            except RoomcastError as err:
+                self.fail(packet.ack, err)
+                return
+            if packet.ack is not None:
+                self._ack(packet.ack, sails.encode_jwr(200, reply.body, b"{}"))
+
+        self.gateway.spawn(ask())
+
+    def _recover(self, packet: socketio.Packet) -> None:
+        """roomcast extension: ``emit("roomcast:recover", {room, epoch, offset}, ack)`` -> JWR
+        ``{recovered, epoch, offset, messages}`` (after re-joining through an action)."""
+        try:
+            arg = packet.args[1] if len(packet.args) > 1 else None
+            if not isinstance(arg, dict):
+                raise BadRequest("roomcast:recover needs {room, epoch, offset}")
+            room = validate_room(arg.get("room"))
+            epoch, offset = arg.get("epoch", ""), arg.get("offset", 0)
+            if (
+                not isinstance(epoch, str)
+                or isinstance(offset, bool)
+                or not isinstance(offset, int)
+            ):
+                raise BadRequest("epoch must be a string and offset an integer")
+            if not 0 <= offset < 2**63:
+                raise BadRequest("offset out of range")
+            self.gateway.authorize(self.identity, [room], publish=False)
+        except RoomcastError as err:
+            self.fail(packet.ack, err)
+            return
+
+        async def ask() -> None:
+            try:
+                reply = await self.gateway.run_op(
+                    "recover",
+                    lambda ref: wire.Query(
+                        ref=ref,
+                        kind=wire.QueryKind.RECOVER,
+                        target=room,
+                        epoch=epoch,
+                        offset=offset,
+                    ),
                 )
             except RoomcastError as err:
                 self.fail(packet.ack, err)

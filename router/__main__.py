@@ -69,6 +69,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         default=2.0,
         help="pair: peer silent this long, a client's request makes a standby active (seconds)",
     )
+    parser.add_argument(
+        "--history-rooms",
+        action="append",
+        default=[],
+        help="room glob that keeps a message history clients can recover from (repeatable)",
+    )
+    parser.add_argument("--history-size", type=int, default=100, help="messages per room")
+    parser.add_argument(
+        "--history-ttl", type=float, default=300.0, help="seconds a message is kept"
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -87,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         request_timeout_s=args.request_timeout,
         presence_rooms=tuple(args.presence_rooms),
         presence_interval_s=args.presence_interval,
+        history_rooms=tuple(args.history_rooms),
+        history_size=args.history_size,
+        history_ttl_s=args.history_ttl,
         role=args.role,
         peer_bind=args.peer_bind,
         peer_connect=args.peer_connect,

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import zmq
 
@@ -72,6 +72,7 @@ class Pair:
         metrics: RouterMetrics,
         *,
         epoch: Callable[[], str],
+        gateways: Callable[[], Iterable[str]],
         on_change: Callable[[Decision], None],
     ) -> None:
         if not (config.bind or config.connect):
@@ -80,7 +81,10 @@ class Pair:
         self.metrics = metrics
         self.fsm = BinaryStar(config.role, peer_timeout_s=config.timeout_s, now=time.monotonic())
         self._epoch = epoch
+        self._gateways = gateways
         self._on_change = on_change
+        # The gateways the peer served when last heard active: whom a takeover waits for.
+        self.peer_gateways: tuple[str, ...] = ()
         self._conflict = False  # logged once per streak of same-role peer states
         self._peer_identity: bytes | None = None
         self._readers: list[BatchReader] = []
@@ -161,6 +165,8 @@ class Pair:
             self._peer(msg, now)
 
     def _peer(self, msg: wire.PeerState, now: float) -> None:
+        if msg.state is wire.RouterState.ACTIVE:
+            self.peer_gateways = msg.gateways
         decision = self.fsm.handle(peer_event(_FROM_WIRE_STATE[msg.state]), now)
         conflict = decision.conflict or msg.role == _TO_WIRE_ROLE[self.config.role]
         if conflict and not self._conflict:
@@ -204,6 +210,7 @@ class Pair:
             role=_TO_WIRE_ROLE[self.config.role],
             state=_TO_WIRE_STATE[self.fsm.state],
             epoch=self._epoch(),
+            gateways=tuple(self._gateways()) if self.fsm.serving else (),
         )
         body = wire.encode(state)
         try:

@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Iterable
 
 import zmq
@@ -37,6 +38,7 @@ from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.zmqio import Batch, BatchReader
 from router.bstar import Decision, Role, State
+from router.history import History, Recovery
 from router.metrics import RouterMetrics
 from router.peer import Pair, PairConfig
 from router.presence import PRESENCE_EVENT, PresenceBuffer, encode_event
@@ -66,6 +68,10 @@ class RouterConfig:
     commands_hwm_messages: int = 200_000
     # Presence events: rooms matching these globs (or flagged by a backend) push join/leave
     presence_rooms: tuple[str, ...] = ()
+    # Message history for recovery: rooms matching these globs keep their last messages
+    history_rooms: tuple[str, ...] = ()
+    history_size: int = 100  # messages per room
+    history_ttl_s: float = 300.0
     presence_interval_s: float = 0.2  # coalescing window of presence events
     # Action workers
     worker_timeout_s: float = 5.0  # silent this long: no longer sent requests
@@ -109,6 +115,12 @@ class Router:
         )
         self._presence = PresenceBuffer()
         self._confirms = Confirmations()
+        self.history = History(
+            patterns=config.history_rooms,
+            size=config.history_size,
+            ttl_s=config.history_ttl_s,
+            epoch=self.epoch,
+        )
         self._gateways: dict[str, _Gateway] = {}
         self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
         self._known_workers = 0
@@ -141,7 +153,18 @@ class Router:
                 connect=config.peer_connect,
                 timeout_s=config.peer_timeout_s,
             )
-            self.pair = Pair(pair, ctx, metrics, epoch=lambda: self.epoch, on_change=self._on_pair)
+            self.pair = Pair(
+                pair,
+                ctx,
+                metrics,
+                epoch=lambda: self.epoch,
+                gateways=lambda: self._gateways,
+                on_change=self._on_pair,
+            )
+        # After a failover: the gateways we wait for, and the client commands held meanwhile.
+        self._settling: set[str] | None = None
+        self._held: deque[tuple[bytes, wire.Message]] = deque()
+        self._settle_timer: asyncio.TimerHandle | None = None
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
         metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
 
@@ -208,6 +231,8 @@ class Router:
         gateway = _gateway_of(identity)
         if not self.serving and not self._admit(identity, gateway, msg, now):
             return
+        if self._settling is not None and self._hold(identity, gateway, msg):
+            return
         if gateway is not None and not isinstance(msg, wire.Hello):
             link = self._gateways.get(gateway)
             if link is None:
@@ -239,9 +264,17 @@ class Router:
         if isinstance(msg, wire.Publish):
             self._publish(identity, gateway, msg)
         elif isinstance(msg, wire.Membership):
-            self._apply(
-                identity, gateway, msg.ref, topo.change(msg.sockets, msg.rooms, leave=msg.leave)
-            )
+            if msg.recover and len(msg.rooms) != 1:
+                raise BadRequest("a join with recovery names exactly one room")
+            changes = topo.change(msg.sockets, msg.rooms, leave=msg.leave)
+            if msg.recover and not msg.leave:
+                # Join and catch up in one step: the missed messages ride in the reply, which
+                # the asker's stream carries before any later live delivery for the room.
+                self._apply(identity, gateway, 0, changes)
+                since = self.history.since(msg.rooms[0], msg.since_epoch, msg.since_offset, now)
+                self._reply(identity, gateway, wire.Reply(ref=msg.ref, body=_recovery(since)))
+            else:
+                self._apply(identity, gateway, msg.ref, changes)
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
@@ -343,6 +376,11 @@ class Router:
                 for user, (n, meta) in users.items()
             }
             return wire.Reply(ref=msg.ref, body=_json(body))
+        if msg.kind is wire.QueryKind.RECOVER:
+            since = self.history.since(
+                validate_room(msg.target), msg.epoch, msg.offset, time.monotonic()
+            )
+            return wire.Reply(ref=msg.ref, body=_recovery(since))
         if msg.kind is wire.QueryKind.PRESENCE_STATS:
             connections, unique = topo.presence_stats(validate_room(msg.target))
             return wire.Reply(
@@ -379,7 +417,10 @@ class Router:
         if ref:
             self._reply(identity, gateway, wire.Reply(ref=ref))
 
-    def _publish(self, identity: bytes, gateway: str | None, msg: wire.Publish) -> None:
+    def _publish(
+        self, identity: bytes, gateway: str | None, msg: wire.Publish, *, record: bool = True
+    ) -> None:
+        offsets: tuple[wire.RoomOffset, ...] = ()
         if msg.everyone:
             targets: Iterable[str] = list(self._gateways)
         else:
@@ -387,6 +428,12 @@ class Router:
                 raise BadRequest("broadcast needs at least one room")
             validate_rooms(msg.rooms)
             targets = self.topology.route(msg.rooms)
+            if record and self.history.patterns:
+                now = time.monotonic()
+                offsets = tuple(
+                    wire.RoomOffset(room=r, epoch=e, offset=o)
+                    for r, e, o in self.history.append(msg.rooms, msg.event, msg.data, now)
+                )
         reply = wire.Reply(ref=msg.ref)
         if msg.receipt or msg.confirm:
             # Only when asked: an exact count walks the rooms' members.
@@ -408,6 +455,7 @@ class Router:
                 omit=msg.omit,
                 accepted_ns=time.time_ns(),
                 confirm=confirm,
+                offsets=offsets,
             )
         )
         sent = 0
@@ -548,8 +596,15 @@ class Router:
             self._step_down()
 
     def _take_over(self, *, failover: bool) -> None:
-        # A new epoch for every serving period: gateways that knew us before resync anyway.
+        # A new epoch for every serving period: gateways that knew us before resync anyway, and
+        # history positions from another period (or router) are not recoverable here.
         self.epoch = secrets.token_hex(8)
+        self.history = History(
+            patterns=self.config.history_rooms,
+            size=self.config.history_size,
+            ttl_s=self.config.history_ttl_s,
+            epoch=self.epoch,
+        )
         self.serving = True
         self.metrics.serving.set(1)
         self.metrics.takeovers.inc()
@@ -559,12 +614,32 @@ class Router:
             "serving as the active router of the pair (epoch %s)",
             self.epoch,
         )
+        expected = set(self.pair.peer_gateways) if self.pair is not None else set()
+        if failover and expected:
+            # Client commands accepted before the gateways are back would reach nobody (a
+            # broadcast) or fail (a join of their sockets): hold them until every gateway the
+            # peer served has resynced, or for --gateway-timeout (after which we would expire
+            # a silent gateway anyway).
+            self._settling = expected
+            timeout = self.config.gateway_timeout_s
+            self._settle_timer = asyncio.get_running_loop().call_later(timeout, self._release)
+            log.info(
+                "holding client commands until %d gateways resync (at most %.1fs)",
+                len(expected),
+                timeout,
+            )
 
     def _step_down(self) -> None:
         """Fencing: forget every gateway (each is Reset and moves), answer requests in flight."""
         self.serving = False
         self.metrics.serving.set(0)
         self.metrics.stepdowns.inc()
+        self._settling = None
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+        held, self._held = self._held, deque()
+        for identity, msg in held:  # never applied: the caller may send them elsewhere
+            self._admit(identity, _gateway_of(identity), msg, time.monotonic())
         gateways = list(self._gateways)
         for gateway in gateways:
             self._reset(gateway)
@@ -576,6 +651,44 @@ class Router:
             self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
         log.warning("standing by: %d gateways reset", len(gateways))
 
+    def _hold(self, identity: bytes, gateway: str | None, msg: wire.Message) -> bool:
+        """While settling after a failover: hold client commands (True), count resyncs."""
+        settling = self._settling
+        if settling is None:
+            return False
+        if isinstance(msg, wire.Resync):
+            if msg.last and gateway in settling:
+                settling.discard(gateway)
+                if not settling:
+                    asyncio.get_running_loop().call_soon(self._release)  # after this batch
+            return False
+        if not isinstance(msg, _CLIENT_COMMANDS):
+            return False
+        if len(self._held) >= self.config.commands_hwm_messages:
+            self._release()  # bounded: serve what we have rather than grow
+            return False
+        self._held.append((identity, msg))
+        return True
+
+    def _release(self) -> None:
+        if self._settling is None:
+            return
+        missing = len(self._settling)
+        self._settling = None
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        held, self._held = self._held, deque()
+        log.log(
+            logging.WARNING if missing else logging.INFO,
+            "serving %d held client commands (%s)",
+            len(held),
+            f"{missing} gateways did not come back" if missing else "every gateway resynced",
+        )
+        now = time.monotonic()
+        for identity, msg in held:
+            self._handle(identity, msg, now)
+
     # --- timers ----------------------------------------------------------------------------
 
     async def _beat(self) -> None:
@@ -585,6 +698,7 @@ class Router:
                 self._send_beat()
                 self._expire(now)
             self._expire_workers(now)
+            self.history.sweep(now)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     def _send_beat(self) -> None:
@@ -597,6 +711,9 @@ class Router:
     async def _flush_presence(self) -> None:
         while True:
             await asyncio.sleep(self.config.presence_interval_s)
+            # Timers change the topology too (an expired gateway's users leave): their
+            # transitions are taken here, not only after a batch of commands.
+            self._presence.add(self.topology.take_transitions())
             if self._presence:
                 self._publish_presence()
 
@@ -604,7 +721,8 @@ class Router:
         topo = self.topology
         for room, (joined, left) in self._presence.flush().items():
             data = encode_event(room, joined, left, topo.user_meta)
-            self._publish(b"", None, wire.Publish(rooms=(room,), event=PRESENCE_EVENT, data=data))
+            presence = wire.Publish(rooms=(room,), event=PRESENCE_EVENT, data=data)
+            self._publish(b"", None, presence, record=False)
             self.metrics.presence_events.inc()
 
     def _expire(self, now: float) -> None:
@@ -648,8 +766,31 @@ class Router:
         self._reply(origin.identity, origin.gateway, _error_reply(origin.ref, err))
 
 
+def _recovery(since: Recovery) -> bytes:
+    """The recovery answer as JSON, splicing each message's data JSON in without re-parsing."""
+    messages = b",".join(
+        b'{"offset":%d,"event":%s,"data":%s}' % (offset, _json(event), data or b"null")
+        for offset, event, data in since.messages
+    )
+    head = _json({"recovered": since.recovered, "epoch": since.epoch, "offset": since.offset})
+    return head[:-1] + b',"messages":[' + messages + b"]}"
+
+
 def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# Commands a settling router holds: what a client (SDK or gateway) asks of the topology.
+_CLIENT_COMMANDS = (
+    wire.Publish,
+    wire.Membership,
+    wire.LeaveAll,
+    wire.CopyMembers,
+    wire.Query,
+    wire.Request,
+    wire.SetPresence,
+    wire.TrackPresence,
+)
 
 
 def _status_class(status: int) -> str:

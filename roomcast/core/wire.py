@@ -45,6 +45,7 @@ __all__ = [
     "Reset",
     "Resync",
     "Role",
+    "RoomOffset",
     "RouterBeat",
     "RouterRole",
     "RouterState",
@@ -100,6 +101,7 @@ class QueryKind(enum.IntEnum):
     ROOMS = 3
     PRESENCE = 4
     PRESENCE_STATS = 5
+    RECOVER = 6
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +110,13 @@ class SocketRooms:
     rooms: tuple[str, ...] = ()
     user: str = ""
     meta: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RoomOffset:
+    room: str = ""
+    epoch: str = ""
+    offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +155,9 @@ class Membership:
     leave: bool = False
     sockets: tuple[str, ...] = ()
     rooms: tuple[str, ...] = ()
+    recover: bool = False
+    since_epoch: str = ""
+    since_offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +196,8 @@ class Query:
     ref: int = 0
     kind: QueryKind = QueryKind.UNSPECIFIED
     target: str = ""
+    epoch: str = ""
+    offset: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,6 +288,7 @@ class Deliver:
     omit: tuple[str, ...] = ()
     accepted_ns: int = 0
     confirm: int = 0
+    offsets: tuple[RoomOffset, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +311,7 @@ class PeerState:
     role: RouterRole = RouterRole.UNSPECIFIED
     state: RouterState = RouterState.UNSPECIFIED
     epoch: str = ""
+    gateways: tuple[str, ...] = ()
 
 
 Message = (
@@ -325,8 +341,9 @@ Message = (
 _TYPES: tuple[type[Message], ...] = Message.__args__
 
 # Per message type, how each field converts: "s" scalar, "l" list of scalars, "r" list of
-# SocketRooms, or an enum class. Computed once so encode/decode stay loops over tuples.
-_SCALAR, _LIST, _ROOMS = "s", "l", "r"
+# SocketRooms, "o" list of RoomOffset, or an enum class. Computed once so encode/decode stay
+# loops over tuples.
+_SCALAR, _LIST, _ROOMS, _OFFSETS = "s", "l", "r", "o"
 
 
 def _plan(cls: type) -> tuple[tuple[str, object], ...]:
@@ -335,6 +352,8 @@ def _plan(cls: type) -> tuple[tuple[str, object], ...]:
         t = str(f.type)
         if t == "tuple[SocketRooms, ...]":
             plan.append((f.name, _ROOMS))
+        elif t == "tuple[RoomOffset, ...]":
+            plan.append((f.name, _OFFSETS))
         elif t.startswith("tuple["):
             plan.append((f.name, _LIST))
         elif t == "Role":
@@ -368,6 +387,10 @@ def encode(msg: Message) -> bytes:
             target = getattr(sub, name)
             for item in value:
                 target.add(socket=item.socket, rooms=item.rooms, user=item.user, meta=item.meta)
+        elif how is _OFFSETS:
+            target = getattr(sub, name)
+            for item in value:
+                target.add(room=item.room, epoch=item.epoch, offset=item.offset)
         else:
             setattr(sub, name, value)
     return frame.SerializeToString()
@@ -394,6 +417,10 @@ def decode(data: bytes) -> Message:
             kwargs[name] = tuple(
                 SocketRooms(socket=i.socket, rooms=tuple(i.rooms), user=i.user, meta=i.meta)
                 for i in value
+            )
+        elif how is _OFFSETS:
+            kwargs[name] = tuple(
+                RoomOffset(room=i.room, epoch=i.epoch, offset=i.offset) for i in value
             )
         elif how is _SCALAR:
             kwargs[name] = value

@@ -23,7 +23,15 @@ SAMPLES: list[wire.Message] = [
     wire.Heartbeat(node_id="g1"),
     wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", "")),
     wire.SocketClose(sockets=("s1",)),
-    wire.Membership(ref=3, leave=True, sockets=("s1", "s2"), rooms=("a", "b")),
+    wire.Membership(
+        ref=3,
+        leave=True,
+        sockets=("s1", "s2"),
+        rooms=("a", "b"),
+        recover=True,
+        since_epoch="e.1",
+        since_offset=9,
+    ),
     wire.LeaveAll(ref=4, room="sails_model_user_7:user"),
     wire.CopyMembers(ref=5, remove=True, source="src", rooms=("d1", "d2")),
     wire.Publish(
@@ -37,7 +45,7 @@ SAMPLES: list[wire.Message] = [
         confirm=True,
         confirm_timeout_ms=2500,
     ),
-    wire.Query(ref=7, kind=wire.QueryKind.MEMBERS, target="room"),
+    wire.Query(ref=7, kind=wire.QueryKind.MEMBERS, target="room", epoch="e.2", offset=3),
     wire.Resync(ref=8, sockets=ROOMS, last=True),
     wire.Request(
         ref=9, socket="s1", method="POST", url="/chat/join", headers=b'{"a":"b"}', data=b"[1]"
@@ -71,13 +79,16 @@ SAMPLES: list[wire.Message] = [
         omit=("s1",),
         accepted_ns=42,
         confirm=5,
+        offsets=(wire.RoomOffset(room="a", epoch="e.1", offset=7),),
     ),
     wire.RouterBeat(epoch="e2"),
     wire.Reset(epoch="e3"),
     wire.SetPresence(ref=11, socket="s1", user="ada", meta=b'{"tab":1}'),
     wire.TrackPresence(ref=12, room="chat:1", enabled=False),
     wire.Delivered(confirm=7, sockets=42),
-    wire.PeerState(role=wire.RouterRole.BACKUP, state=wire.RouterState.PASSIVE, epoch="e4"),
+    wire.PeerState(
+        role=wire.RouterRole.PRIMARY, state=wire.RouterState.ACTIVE, epoch="e4", gateways=("g1",)
+    ),
 ]
 
 ALL_TYPES: tuple[type, ...] = typing.get_args(wire.Message)
