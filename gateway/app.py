@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.api import Api, ApiHandler, OpenApiHandler
 from gateway.hub import Gateway
-from gateway.plain_handler import PlainHandler
+from gateway.plain_handler import PlainHandler, ws_ticker
 from gateway.sio_handler import GetCookieHandler, SioHandler, sio_ticker
 
 __all__ = ["STATIC_DIR", "make_internal_app", "make_public_app"]
@@ -55,6 +55,7 @@ def _health_routes(gateway: Gateway) -> list[Any]:
 def make_public_app(gateway: Gateway) -> tornado.web.Application:
     config = gateway.config
     gateway.tickers.append(sio_ticker(gateway.conns))
+    gateway.tickers.append(ws_ticker(gateway.conns))
     routes: list[Any] = [
         (r"/ws", PlainHandler, {"gateway": gateway}),
         (r"/socket\.io/?", SioHandler, {"gateway": gateway}),
@@ -72,8 +73,8 @@ def make_public_app(gateway: Gateway) -> tornado.web.Application:
     return tornado.web.Application(
         routes,
         websocket_max_message_size=config.max_frame_bytes,
-        websocket_ping_interval=config.ping_interval_s,
-        websocket_ping_timeout=config.ping_timeout_s,
+        # No websocket_ping_interval: Tornado would run a ping coroutine per connection; the
+        # hub's once-a-second tickers ping instead (ws_ticker, and Engine.IO's own pings).
         log_function=lambda handler: None,
     )
 

@@ -57,7 +57,7 @@ class GatewayConfig:
     sio_ping_timeout_s: float = 60.0
     sio_connect_timeout_s: float = 45.0  # EIO4: CONNECT "/" due within (Socket.IO's default)
     ping_interval_s: float = 25.0  # WebSocket-level pings on every connection
-    ping_timeout_s: float = 20.0  # Tornado requires it below the interval
+    ping_timeout_s: float = 20.0  # no pong (or any frame) this long after a ping: close
     # Shutdown
     drain_timeout_s: float = 10.0
 

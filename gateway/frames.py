@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["close_frame", "text_frame"]
+__all__ = ["PING_FRAME", "close_frame", "text_frame"]
 
 _OP_TEXT = 0x1
 _OP_CLOSE = 0x8
+_OP_PING = 0x9
+
+# A ping with no payload; the same bytes for every connection.
+PING_FRAME = bytes((0x80 | _OP_PING, 0))
 _FIN = 0x80
 
 

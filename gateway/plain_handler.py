@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from gateway import plainws
 from gateway.connection import Connection
-from gateway.frames import text_frame
+from gateway.frames import PING_FRAME, text_frame
 from gateway.sails import strip_headers
 from roomcast.core import wire
+from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import BadRequest, InternalError, RateLimited, RoomcastError
 
-__all__ = ["PlainHandler"]
+__all__ = ["PlainHandler", "ws_ticker"]
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -21,6 +24,27 @@ def _slow_down() -> RateLimited:
 
 
 class PlainHandler(Connection):
+    # WebSocket-level keepalive, driven by one shared timer (ws_ticker) rather than Tornado's
+    # ping coroutine per connection (~2 KiB each): any inbound frame or pong proves life.
+    last_alive: float = 0.0
+    ping_sent_at: float | None = None
+
+    def on_pong(self, data: bytes) -> None:
+        self.last_alive = time.monotonic()
+        self.ping_sent_at = None
+
+    def tick(self, now: float) -> None:
+        config = self.gateway.config
+        if self.ping_sent_at is not None:
+            if self.last_alive < self.ping_sent_at:
+                if now - self.ping_sent_at > config.ping_timeout_s:
+                    self.disconnect(CloseCode.GOING_AWAY, "ping_timeout")
+                return
+            self.ping_sent_at = None  # something arrived since the ping: alive
+        if now - max(self.last_alive, self.opened_at) >= config.ping_interval_s:
+            self.ping_sent_at = now
+            self.push(PING_FRAME)
+
     def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
         return text_frame(plainws.encode_event(event, data_json, history_json))
 
@@ -36,6 +60,7 @@ class PlainHandler(Connection):
             self.send_payload(plainws.encode_error(err.status, err.as_body()))
 
     def on_message(self, message: str | bytes) -> None:
+        self.last_alive = time.monotonic()
         self.gateway.metrics.frames_in.inc()
         # Every frame spends from the budget, whatever it holds: garbage floods are abuse too.
         # Refused frames are still answered (429, to the ref when there is one) until the close.
@@ -123,3 +148,14 @@ class PlainHandler(Connection):
         except Exception:
             log.exception("client op failed")
             self.fail(op.ref, InternalError("internal error"))
+
+
+def ws_ticker(conns: dict[str, Connection]) -> Callable[[float], None]:
+    """The hub's per-second callback that keeps every /ws connection's keepalive."""
+
+    def tick(now: float) -> None:
+        for conn in list(conns.values()):
+            if isinstance(conn, PlainHandler):
+                conn.tick(now)
+
+    return tick

@@ -45,6 +45,7 @@ __all__ = ["Upstream", "UpstreamHandler"]
 log = logging.getLogger("roomcast.gateway.upstream")
 
 _GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
+SUB_BATCH = 64
 
 
 class UpstreamHandler(Protocol):
@@ -103,7 +104,11 @@ class Upstream:
         sub.setsockopt(zmq.RCVHWM, 200_000)
         sub.setsockopt(zmq.SUBSCRIBE, self._topic)
         sub.setsockopt(zmq.SUBSCRIBE, wire.CLUSTER_TOPIC)
-        reader = BatchReader(sub, lambda batch: self._on_link_batch(index, batch))
+        # Small batches: one loop turn handles at most 64 deliveries (each to every local member),
+        # so timers (heartbeats) and client I/O run between turns even under a large backlog.
+        reader = BatchReader(
+            sub, lambda batch: self._on_link_batch(index, batch), batch_size=SUB_BATCH
+        )
         # The DEALER receives nothing (replies come on our topic) but must be drained anyway.
         dealer_reader = BatchReader(dealer, lambda batch: None)
         return dealer, dealer_reader, sub, reader
@@ -176,6 +181,10 @@ class Upstream:
 
     def _on_batch(self, batch: Batch) -> None:
         now = time.monotonic()
+        # Anything from the router proves it alive. RouterBeats wait in the same queue as
+        # deliveries, so under a backlog the beat alone would arrive late and a busy but
+        # healthy link would be reset (dropping the backlog).
+        self._last_beat = now
         for parts in batch:
             try:
                 topic, seq_frame, body = wire.split_frames(parts)
