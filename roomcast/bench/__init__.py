@@ -1,7 +1,7 @@
 """``roomcast bench``: load scenarios against real router and gateway processes on loopback.
 
-Scenarios (``fanout``, ``consistency``, ``memory``, ``rooms``, ``connect``) start the servers as
-processes (``sys.executable -m router|gateway``, or the plain-Tornado baseline of
+Scenarios (``fanout``, ``consistency``, ``memory``, ``rooms``, ``connect``, ``failover``) start
+the servers as processes (``sys.executable -m router|gateway``, or the plain-Tornado baseline of
 :mod:`roomcast.bench.baseline`), drive them from load-agent processes
 (:mod:`roomcast.bench.agent`) holding lean asyncio WebSocket clients
 (:mod:`roomcast.bench.wsclient`), and print one JSON document. Every phase is bounded in count

@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from roomcast.bench.common import BenchError, Options, Progress, machine
+from roomcast.bench.common import BenchError, Options, Progress, machine, revision
+from roomcast.bench.failover import FailoverOptions, run_failover
 from roomcast.bench.fanout import FanoutOptions, run_fanout, smoke_verdict
 from roomcast.bench.procs import Fleet, raise_fd_limit
 from roomcast.bench.profiles import summarize_dir
@@ -153,6 +154,37 @@ def _parser() -> EnvArgumentParser:
         description="N clients connect at once and join a room; time from connect to joined.",
     )
     k.add_argument("--clients", type=int, default=2000, help="N")
+
+    fo = sub.add_parser(
+        "failover",
+        parents=[common],
+        help="a primary/backup router pair: kill -9 the primary, time the takeover, count loss",
+        description=(
+            "Primary + backup routers, G gateways, N clients in one room, an SDK publisher at a "
+            "fixed rate; SIGKILL the primary and measure the time to the first delivery "
+            "through the backup, to every gateway resynced, and the messages lost."
+        ),
+    )
+    d = FailoverOptions()
+    fo.add_argument("--clients", type=int, default=d.clients, help="N (in this process)")
+    fo.add_argument("--rate", type=float, default=d.rate, help="broadcasts per second")
+    fo.add_argument("--before", type=float, default=d.before_s, help="seconds before the kill")
+    fo.add_argument("--after", type=float, default=d.after_s, help="seconds after the kill")
+    fo.add_argument(
+        "--peer-timeout", type=float, default=d.peer_timeout_s, help="the routers' (seconds)"
+    )
+    fo.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=d.heartbeat_s,
+        help="routers' and gateways' (seconds)",
+    )
+    fo.add_argument("--runs", type=int, default=d.runs, help="kill -9 this many times (fresh)")
+    fo.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="skip restarting the primary (which must come back passive)",
+    )
     return parser
 
 
@@ -170,6 +202,19 @@ def _check(parser: EnvArgumentParser, ns: Any) -> None:
         parser.error("--iterations must be at least 1")
     if ns.scenario == "connect" and ns.clients < 1:
         parser.error("--clients must be at least 1")
+    if ns.scenario == "failover" and (
+        ns.clients < 1
+        or ns.rate <= 0
+        or ns.before < 0
+        or ns.after <= 0
+        or ns.peer_timeout <= 0
+        or ns.heartbeat_interval <= 0
+        or ns.runs < 1
+    ):
+        parser.error(
+            "--clients/--runs must be >= 1, --rate/--after/--peer-timeout/--heartbeat-interval "
+            "> 0, --before >= 0"
+        )
     if ns.scenario == "rooms" and (ns.sockets < 1 or ns.group_size < 1 or ns.messages < 1):
         parser.error("--sockets, --group-size and --messages must be at least 1")
     if ns.scenario == "fanout":
@@ -205,6 +250,18 @@ async def _scenario(
         return await run_rooms(
             opts, ns.sockets, ns.group_size, ns.messages, ns.rate, ns.duration, progress, logs, prof
         )
+    if ns.scenario == "failover":
+        fo = FailoverOptions(
+            clients=ns.clients,
+            rate=ns.rate,
+            before_s=ns.before,
+            after_s=ns.after,
+            peer_timeout_s=ns.peer_timeout,
+            heartbeat_s=ns.heartbeat_interval,
+            runs=ns.runs,
+            restart=not ns.no_restart,
+        )
+        return await run_failover(opts, fo, progress, logs, prof)
     return await run_connect(opts, ns.clients, progress, logs, prof)
 
 
@@ -236,6 +293,7 @@ async def _run(ns: Any, argv: Sequence[str]) -> tuple[dict[str, Any], int]:
         "command": " ".join(["roomcast", "bench", *argv]),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "revision": revision(),
         "fd_limit": list(fd_limit),
         "options": {k: v for k, v in vars(ns).items() if k != "scenario"},
     }

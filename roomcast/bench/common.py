@@ -1,7 +1,7 @@
 """Small shared pieces of the bench: its error, options, percentiles, progress lines, machine facts.
 
-Pure helpers apart from :class:`Progress` (writes to stderr) and :func:`machine` (reads /proc and
-runs ``nproc``-equivalents through ``os``); no processes or sockets here.
+Pure helpers apart from :class:`Progress` (writes to stderr), :func:`machine` (reads /proc) and
+:func:`revision` (asks git which commit the servers run); no sockets here.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pathlib
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ __all__ = [
     "padding_for",
     "percentile",
     "ratio",
+    "revision",
 ]
 
 
@@ -76,6 +79,29 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def padding_for(payload_bytes: int) -> str:
     """Filler so that ``{"t":<19 digits>,"s":<seq>,"p":"..."}`` is about ``payload_bytes``."""
     return "x" * max(0, payload_bytes - 40)
+
+
+def revision() -> dict[str, Any]:
+    """The git commit of the code the servers run (this checkout), and whether it is modified."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    return {"commit": head, "modified_files": len(dirty)}
 
 
 def machine() -> dict[str, Any]:

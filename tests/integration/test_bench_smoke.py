@@ -1,0 +1,67 @@
+"""``roomcast bench fanout --smoke``: the CI regression guard, run as the real command.
+
+It starts a router, two gateways and the plain-Tornado baseline as processes, and load agents
+with lean WebSocket clients; it exits non-zero if any delivery is lost or roomcast's burst
+msgs/s falls under ``--min-ratio`` (2.0) times the baseline's, after one retry. This test checks
+the exit status and the shape of the JSON it prints: nothing lost, the ratio present. It asserts
+no absolute time or rate: the machine is shared and its speed is not ours to test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TIMEOUT_FACTOR, TIMEOUT_UNIT
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_BAD = re.compile(r"Traceback \(most recent call last\)|\bERROR\b")
+
+
+@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
+def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "smoke.json"
+    # Our own flags only: ROOMCAST_* variables would reach the bench (and its servers) as flags.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
+    argv = [sys.executable, "-m", "roomcast.cli", "bench", "fanout", "--smoke", "--out", str(out)]
+    proc = subprocess.run(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=360 * TIMEOUT_UNIT,
+        check=False,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    assert not _BAD.search(proc.stderr), proc.stderr[-4000:]
+    assert proc.stdout == ""  # the document went to --out
+
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["scenario"] == "fanout"
+    assert doc["smoke"]["passed"] is True
+    assert doc["smoke"]["attempts"] in (1, 2)
+    results = doc["results"]
+    for kind in ("roomcast", "baseline"):
+        burst = results[kind]["burst"]
+        assert burst["expected"] == 200 * 500
+        assert burst["lost"] == 0, f"{kind} lost deliveries: {burst}"
+        assert burst["received"] == burst["expected"]
+        assert burst["order_violations"] == 0
+        assert burst["latency"]["samples"] > 0
+        assert set(burst["processes"]) >= ({"router"} if kind == "roomcast" else {"baseline"})
+    ratio = results["ratio"]["burst"]["delivered_msgs_per_s"]
+    assert isinstance(ratio, (int, float)) and ratio > 0
+    assert ratio >= doc["smoke"]["min_ratio"]  # what the exit status already says
+    exits = results["exit_codes"]
+    assert all(code == 0 for codes in exits.values() for code in codes.values()), exits
+    # Servers log at WARNING in the bench; an ERROR or a traceback in any child is a bug.
+    notable = [line for lines in doc["log_warnings"].values() for line in lines]
+    assert not [line for line in notable if _BAD.search(line)], notable
