@@ -23,6 +23,7 @@ from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
 from gateway.metrics import GatewayMetrics
+from roomcast import curve
 from roomcast.flags import EnvArgumentParser, print_ready
 from roomcast.zmqio import new_context
 
@@ -43,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--fanout",
         default=d.fanout,
         help="router fanout address to connect (a pair: both, in --router's order)",
+    )
+    p.add_argument(
+        "--curve-key",
+        default="",
+        help="CURVE: this gateway's .key_secret certificate (with --curve-server-key)",
+    )
+    p.add_argument(
+        "--curve-server-key", default="", help="CURVE: the router's public .key certificate"
     )
     p.add_argument("--gateway-id", default="", help="stable id (default: random per process)")
     p.add_argument("--host", default=d.host, help="public bind host")
@@ -159,10 +168,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     fanouts = [f for f in a.fanout.split(",") if f.strip()]
     if not routers or len(routers) != len(fanouts):
         p.error("--router and --fanout need the same number of addresses (one each per router)")
+    if bool(a.curve_key) != bool(a.curve_server_key):
+        p.error("--curve-key and --curve-server-key go together")
+    try:  # now, with a clear message, rather than as a traceback from the router link
+        curve.client_options(a.curve_key, a.curve_server_key)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast gateway: {exc}") from None
     config = GatewayConfig(
         router=a.router,
         fanout=a.fanout,
         gateway_id=a.gateway_id,
+        curve_key=a.curve_key,
+        curve_server_key=a.curve_server_key,
         host=a.host,
         port=a.port,
         internal_host=a.internal_host,
@@ -264,6 +281,8 @@ async def serve(config: GatewayConfig) -> None:
     ctx = new_context()
     gateway = Gateway(config, metrics, ctx)
     gateway.start()
+    if config.curve_key:
+        log.info("CURVE on: the links to the router are encrypted and authenticated")
     public, port = _listen(make_public_app(gateway), config.host, config.port)
     api = Api(
         config.router,
@@ -272,6 +291,8 @@ async def serve(config: GatewayConfig) -> None:
         max_body_bytes=config.api_max_body_bytes,
         metrics=metrics,
         version=_version(),
+        curve_key=config.curve_key,
+        curve_server_key=config.curve_server_key,
     )
     internal, internal_port = _listen(
         make_internal_app(gateway, registry, api),

@@ -262,8 +262,10 @@ class Api:
         max_body_bytes: int,
         metrics: GatewayMetrics,
         version: str,
+        curve_key: str = "",
+        curve_server_key: str = "",
     ) -> None:
-        self.cluster = Cluster(router)
+        self.cluster = Cluster(router, curve_key=curve_key, curve_server_key=curve_server_key)
         self._keys = tuple(k.encode() for k in keys if k)
         self.development = development
         self.max_body_bytes = max_body_bytes

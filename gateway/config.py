@@ -23,6 +23,9 @@ class GatewayConfig:
     # than that and let the router's answer reach the client.
     request_timeout_s: float = 35.0
     resync_batch_sockets: int = 500
+    # CURVE (roomcast/curve.py) on the router links: both files, or neither (off)
+    curve_key: str = ""  # our .key_secret certificate
+    curve_server_key: str = ""  # the router's public .key certificate
     # Public and internal HTTP
     host: str = "127.0.0.1"
     port: int = 8080

@@ -56,6 +56,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.upstream = Upstream(config, ctx, metrics, self)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._registering: set[str] = set()  # sockets whose SocketOpen awaits its reply
         self._timers: list[asyncio.Task[None]] = []
         self.tickers: list[Callable[[float], None]] = []  # per-second protocol timers
         self.tokens = TokenVerifier(
@@ -109,11 +110,25 @@ class Gateway:
         user = conn.identity.user
         if user:
             self.identities[conn.sid] = (user, b"")
+        if conn.sid in self._registering:
+            return  # opened as anonymous just now: _register sends the identity after it
         if conn.registered:
             if user:
+                # Registered as anonymous: welcomed (its CONNECT answered) only once the router
+                # has the identity, so the client is in presence by the time it is told.
+                conn.registered = False
+                self.spawn(self._identify_registered(conn, user))
+        elif conn.hooking:
+            if user:  # the router has the socket; the connect hook welcomes it
                 self.spawn(self._set_presence(conn.sid, user))
         elif self.upstream.ready:
             self.spawn(self._register((conn,)))
+
+    async def _identify_registered(self, conn: Connection, user: str) -> None:
+        await self._set_presence(conn.sid, user)
+        # Unless a link reset registered it again meanwhile (with its identity).
+        if conn.sid in self.conns and not (conn.registered or conn.hooking):
+            conn.on_registered()
 
     async def _set_presence(self, sid: str, user: str) -> None:
         try:
@@ -151,12 +166,20 @@ class Gateway:
         ids = tuple(c.sid for c in pending)
         users = tuple(self.identities.get(c.sid, ("", b""))[0] for c in pending)
         started = time.perf_counter()
+        self._registering.update(ids)
         try:
             await self.upstream.call(lambda ref: wire.SocketOpen(ref=ref, sockets=ids, users=users))
         except RoomcastError:
+            self._registering.difference_update(ids)
             return  # link reset: registered again when it is back (on_link)
         self.metrics.command_duration.labels("open").observe(time.perf_counter() - started)
-        for conn in pending:
+        for conn, sent in zip(pending, users, strict=True):
+            # Identified while the open was on its way (Socket.IO CONNECT auth): the router
+            # gets the identity before the client is welcomed.
+            user = self.identities.get(conn.sid, ("", b""))[0]
+            if user != sent and conn.sid in self.conns:
+                await self._set_presence(conn.sid, user)
+            self._registering.discard(conn.sid)
             if conn.sid in self.conns:
                 if self.config.connect_hook:
                     conn.hooking = True

@@ -38,6 +38,7 @@ from roomcast.core.errors import (
     WireError,
     error_from_reply,
 )
+from roomcast.curve import client_options
 from roomcast.zmqio import Batch, BatchReader
 
 __all__ = ["Upstream", "UpstreamHandler"]
@@ -81,6 +82,7 @@ class Upstream:
         self._tasks: list[asyncio.Task[None]] = []
 
         self._topic = wire.gateway_topic(self.node_id)
+        self._curve = client_options(config.curve_key, config.curve_server_key)
         # One link (DEALER + SUB) per router; the attributes below are the current router's.
         self._links = [self._link(ctx, i) for i in range(len(config.routers))]
         self._several = len(self._links) > 1
@@ -95,11 +97,13 @@ class Upstream:
         self, ctx: zmq.Context[zmq.Socket[bytes]], index: int
     ) -> tuple[zmq.Socket[bytes], BatchReader, zmq.Socket[bytes], BatchReader]:
         dealer = ctx.socket(zmq.DEALER)
+        self._curve.apply(dealer)
         dealer.setsockopt(zmq.ROUTING_ID, _GATEWAY_ID_PREFIX + self.node_id.encode())
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 200_000)
         sub = ctx.socket(zmq.SUB)
+        self._curve.apply(sub)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 200_000)
         sub.setsockopt(zmq.SUBSCRIBE, self._topic)

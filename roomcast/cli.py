@@ -7,7 +7,8 @@ a router, N gateways and the action workers on loopback as child processes: it r
 child's ``READY {json}`` line (children's stdout is not passed through; their stderr is
 inherited), prints one ``READY`` line of its own, and on SIGTERM/SIGINT stops them in order
 (gateways and workers first, the router last) within ``--drain-timeout`` + 5 s.
-``roomcast bench`` runs the scenarios of :mod:`roomcast.bench`.
+``roomcast bench`` runs the scenarios of :mod:`roomcast.bench`; ``roomcast keygen`` writes CURVE
+certificates (:mod:`roomcast.curve`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from roomcast.worker import main as worker_main
 
         return worker_main(args[1:])
+    if args and args[0] == "keygen":
+        from roomcast.curve import main as curve_main
+
+        return curve_main(args, prog="roomcast")
     parser = _parser()
     ns, extra = parser.parse_known_args(args)
     if extra and ns.command != "bench":
@@ -80,6 +85,11 @@ def _parser() -> EnvArgumentParser:
         help="serve a roomcast.App's actions (see `roomcast worker --help`)",
     )
     w.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.add_parser(
+        "keygen",
+        add_help=False,
+        help="write CURVE certificates (see `roomcast keygen --help`)",
+    )
 
     b = sub.add_parser(
         "bench",

@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from types import TracebackType
@@ -41,6 +42,7 @@ from roomcast.core.errors import (
     WireError,
     error_from_reply,
 )
+from roomcast.curve import PLAIN, SocketOptions, client_options
 from roomcast.model import Model
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id, socket_ids
 from roomcast.zmqio import BatchReader, new_context
@@ -71,6 +73,9 @@ _RETRY_MAX_S = 0.05
 # router refuses (both standing by for a moment, as during a failover's first seconds).
 _REFUSED_FIRST_S = 0.01
 _REFUSED_MAX_S = 0.25
+# ...and how long one router may take no command at all (nothing connected) before the next is
+# tried: a live router on a LAN accepts the connection within milliseconds.
+_SWITCH_AFTER_S = 0.5
 
 
 def encode_json(value: object, what: str = "data") -> bytes:
@@ -84,10 +89,11 @@ def encode_json(value: object, what: str = "data") -> bytes:
 
 
 class _Call:
-    __slots__ = ("body", "future", "gen", "retry_until", "timer")
+    __slots__ = ("body", "future", "gen", "retry_until", "timer", "wait")
 
-    def __init__(self, future: asyncio.Future[wire.Reply], body: bytes) -> None:
+    def __init__(self, future: asyncio.Future[wire.Reply], body: bytes, wait: float) -> None:
         self.future = future
+        self.wait = wait  # seconds the router may hold the reply on purpose (confirmations)
         self.body = body  # kept to send again to the other router of a pair after a refusal
         self.gen = -1  # the router connection it was last sent on (Link._generation)
         self.retry_until = 0.0  # after a first refusal: give up finding an active router then
@@ -104,7 +110,7 @@ class Link:
 
     ``url`` may name a primary/backup pair, comma-separated (``tcp://a:5570,tcp://b:5570``).
     The link talks to one router at a time and turns to the next one when the current one
-    takes no command for ``connect_timeout`` divided by the number of routers, refuses one
+    takes no command for 0.5 s (nothing connected: its process is gone), refuses one
     with ``router_passive`` (it stands by and applied nothing: the command is sent again to the
     next router, transparently, for up to ``connect_timeout`` after that first refusal; then
     it fails with ``RouterUnavailable``), or lets one time out (the caller gets ``Timeout``,
@@ -119,6 +125,7 @@ class Link:
         connect_timeout: float = 2.0,
         role: wire.Role = wire.Role.CLIENT,
         on_message: Callable[[wire.Message], None] | None = None,
+        curve: SocketOptions = PLAIN,
     ) -> None:
         urls = tuple(u.strip() for u in url.split(",")) if isinstance(url, str) else ()
         if not urls or not all("://" in u for u in urls):
@@ -133,6 +140,7 @@ class Link:
         self.epoch = ""  # the router's, from HelloAck; changes when the router restarts
         self.dropped = 0  # undecodable frames from the router
         self._on_message = on_message
+        self._curve = curve  # CURVE client options (roomcast/curve.py), applied to each DEALER
         self._ref = 0
         self._pending: dict[int, _Call] = {}
         # (body, ref) in send order; ref 0 marks the Hello, which expects no future.
@@ -168,12 +176,13 @@ class Link:
         self._ref += 1
         return self._ref
 
-    def submit(self, msg: Command) -> asyncio.Future[wire.Reply]:
+    def submit(self, msg: Command, *, wait: float = 0.0) -> asyncio.Future[wire.Reply]:
         """Send ``msg`` now (in call order) and return the future of its reply.
 
-        The future fails with :class:`Timeout` if no reply comes within ``timeout`` of the send,
-        and with :class:`RouterUnavailable` if no router took the command within
-        ``connect_timeout`` or the link is closed first.
+        The future fails with :class:`Timeout` if no reply comes within ``timeout`` (plus
+        ``wait``, for a command the router answers late on purpose: a publish waiting for
+        confirmations) of the send, and with :class:`RouterUnavailable` if no router took the
+        command within ``connect_timeout`` or the link is closed first.
         """
         ref = msg.ref
         if ref in self._pending or ref <= 0:
@@ -184,7 +193,7 @@ class Link:
             raise BadRequest(f"{msg.KIND} carries a string that is not valid unicode") from None
         loop = self._ensure_open()  # after every check: bad arguments never open a connection
         fut: asyncio.Future[wire.Reply] = loop.create_future()
-        call = _Call(fut, body)
+        call = _Call(fut, body, wait)
         self._pending[ref] = call
         fut.add_done_callback(lambda _f: self._forget(ref))
         if self._need_hello:
@@ -195,9 +204,9 @@ class Link:
         self._write(body, ref)
         return fut
 
-    async def call(self, msg: Command) -> wire.Reply:
+    async def call(self, msg: Command, *, wait: float = 0.0) -> wire.Reply:
         """Send ``msg`` and return its successful reply; an error reply raises its typed error."""
-        reply = await self.submit(msg)
+        reply = await self.submit(msg, wait=wait)
         if reply.status >= 400 or reply.error:
             raise error_from_reply(reply.status, reply.error, reply.message)
         return reply
@@ -245,6 +254,7 @@ class Link:
         try:
             for url in self._urls:
                 sock = ctx.socket(zmq.DEALER)
+                self._curve.apply(sock)
                 socks.append(sock)
                 # IMMEDIATE: never queue towards a router that is not connected, so a send that
                 # would block means "router unavailable" instead of buffering silently.
@@ -302,16 +312,17 @@ class Link:
         call = self._pending.get(ref)
         if call is not None and self._loop is not None:
             call.gen = self._generation
-            call.timer = self._loop.call_later(self.timeout, self._expire, ref)
+            call.timer = self._loop.call_later(self.timeout + call.wait, self._expire, ref)
 
     async def _flush(self) -> None:
         assert self._loop is not None
         loop = self._loop
         delay = _RETRY_FIRST_S
-        # Each router of a pair gets its share of connect_timeout before we try the next.
-        patience = self.connect_timeout / len(self._urls)
-        deadline = loop.time() + patience
-        tried = 1
+        deadline = loop.time() + self.connect_timeout
+        # A pair: a router that takes nothing for this long (nothing connected: its process is
+        # gone) is passed over for the next, until connect_timeout ends the wait for any.
+        patience = min(self.connect_timeout / len(self._urls), _SWITCH_AFTER_S)
+        switch_at = loop.time() + patience
         try:
             while self._backlog:
                 body, ref = self._backlog[0]
@@ -320,7 +331,8 @@ class Link:
                     continue
                 if loop.time() < self._not_before:
                     await asyncio.sleep(self._not_before - loop.time())
-                    deadline = max(deadline, loop.time() + patience)
+                    deadline = max(deadline, loop.time() + self.connect_timeout)
+                    switch_at = loop.time() + patience
                     continue
                 try:
                     sent = self._try_send(body)
@@ -331,20 +343,19 @@ class Link:
                     self._backlog.popleft()
                     self._sent(ref)
                     delay = _RETRY_FIRST_S
-                    deadline = loop.time() + patience
-                    tried = 1
+                    deadline = loop.time() + self.connect_timeout
+                    switch_at = loop.time() + patience
                     continue
                 now = loop.time()
-                if now >= deadline and tried < len(self._urls):
-                    self._switch(f"it took no command within {patience:g} s")
-                    tried += 1
-                    deadline = now + patience
-                    continue
                 if now >= deadline:
                     self._fail_backlog(
                         f"no router reachable at {self.url} within {self.connect_timeout:g} s"
                     )
                     return
+                if len(self._urls) > 1 and now >= switch_at:
+                    self._switch(f"it took no command within {patience:g} s")
+                    switch_at = now + patience
+                    continue
                 await asyncio.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, _RETRY_MAX_S)
         finally:
@@ -566,7 +577,8 @@ class Sockets:
             omit=_omit(omit),
             **_receipt_fields(receipt, confirm, confirm_timeout),
         )
-        return _publish_result(await self._link.call(msg), receipt, confirm)
+        reply = await self._link.call(msg, wait=confirm_timeout if confirm else 0.0)
+        return _publish_result(reply, receipt, confirm)
 
     @overload
     async def blast(
@@ -609,7 +621,8 @@ class Sockets:
             omit=_omit(omit),
             **_receipt_fields(receipt, confirm, confirm_timeout),
         )
-        return _publish_result(await self._link.call(msg), receipt, confirm)
+        reply = await self._link.call(msg, wait=confirm_timeout if confirm else 0.0)
+        return _publish_result(reply, receipt, confirm)
 
     async def presence(self, room: str) -> dict[str, dict[str, Any]]:
         """Users in ``room``: ``{user: {"connections": n, "meta": ...}}`` (exact, cluster-wide)."""
@@ -726,11 +739,27 @@ class Cluster:
     ``Cluster("tcp://127.0.0.1:5570")`` opens nothing: the connection is made on first use, on
     the running event loop (and stays bound to it). ``timeout`` bounds the wait for each reply,
     ``connect_timeout`` the wait for a router to take a command. Use ``async with``, or
-    ``await cluster.close()``.
+    ``await cluster.close()``. For a router that requires CURVE, ``curve_key`` is the path of
+    our ``.key_secret`` certificate and ``curve_server_key`` that of the router's public
+    ``.key``: both are read here (``ValueError`` when unusable); a key the router does not
+    accept looks like an unreachable router (``RouterUnavailable``).
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
-        self._link = Link(url, timeout=timeout, connect_timeout=connect_timeout)
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        curve_key: str | os.PathLike[str] | None = None,
+        curve_server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._link = Link(
+            url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            curve=client_options(curve_key or "", curve_server_key or ""),
+        )
         self.sockets = Sockets(self._link)
 
     @property

@@ -74,12 +74,29 @@ class SyncCluster:
     """``Cluster`` with plain blocking methods: ``SyncCluster(url).sockets.broadcast(...)``.
 
     Thread-safe. ``close()`` (or ``with SyncCluster(url) as cluster:``) stops the I/O thread;
-    a forgotten one is a daemon thread and does not keep the process alive.
+    a forgotten one is a daemon thread and does not keep the process alive. ``curve_key`` and
+    ``curve_server_key``: CURVE key files, as for :class:`Cluster`.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
-        # Fail on a bad url or timeout here, in the caller's frame, not on first use.
-        Cluster(url, timeout=timeout, connect_timeout=connect_timeout)
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        curve_key: str | os.PathLike[str] | None = None,
+        curve_server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        # Fail on a bad url, timeout or key file here, in the caller's frame, not on first use.
+        Cluster(
+            url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            curve_key=curve_key,
+            curve_server_key=curve_server_key,
+        )
+        self._curve_key = curve_key
+        self._curve_server_key = curve_server_key
         self.url = url
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -90,8 +107,9 @@ class SyncCluster:
         self._closed = False
         self.sockets = SyncSockets(self)
 
-    def run(self, make: Callable[[Cluster], Coroutine[Any, Any, T]]) -> T:
-        """Run ``make(cluster)`` on the I/O thread and wait for its result (for SDK modules)."""
+    def run(self, make: Callable[[Cluster], Coroutine[Any, Any, T]], *, wait: float = 0.0) -> T:
+        """Run ``make(cluster)`` on the I/O thread and wait for its result (for SDK modules);
+        ``wait``: seconds the router may hold the reply on purpose (publish confirmations)."""
         with self._lock:
             if self._closed:
                 raise StateError("cluster is closed")
@@ -105,7 +123,7 @@ class SyncCluster:
             # close() can never leave one un-awaited.
             fut = asyncio.run_coroutine_threadsafe(make(self._cluster), self._io.loop)
         try:
-            return fut.result(self._timeout + self._connect_timeout + _IO_GRACE_S)
+            return fut.result(self._timeout + self._connect_timeout + _IO_GRACE_S + wait)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise Timeout("the roomcast i/o thread did not answer in time") from None
@@ -150,7 +168,11 @@ class SyncCluster:
             _ABANDONED_IN_FORK.append((self._io, self._cluster))
         self._io = _IOThread(f"roomcast-io-{id(self):x}")
         self._cluster = Cluster(
-            self.url, timeout=self._timeout, connect_timeout=self._connect_timeout
+            self.url,
+            timeout=self._timeout,
+            connect_timeout=self._connect_timeout,
+            curve_key=self._curve_key,
+            curve_server_key=self._curve_server_key,
         )
         self._pid = os.getpid()
 
@@ -241,7 +263,7 @@ class SyncSockets:
                 )
             return await c.sockets.broadcast(rooms, event, data, omit=omit)
 
-        return self._cluster.run(call)
+        return self._cluster.run(call, wait=confirm_timeout if confirm else 0.0)
 
     @overload
     def blast(
@@ -289,7 +311,7 @@ class SyncSockets:
                 )
             return await c.sockets.blast(event, data, omit=omit)
 
-        return self._cluster.run(call)
+        return self._cluster.run(call, wait=confirm_timeout if confirm else 0.0)
 
     def presence(self, room: str) -> dict[str, dict[str, Any]]:
         return self._cluster.run(lambda c: c.sockets.presence(room))

@@ -37,6 +37,7 @@ from roomcast.app import App
 from roomcast.cluster import Cluster, encode_json
 from roomcast.core import wire
 from roomcast.core.errors import ActionFailed, NotFound, RoomcastError, Timeout, WireError
+from roomcast.curve import client_options
 from roomcast.flags import EnvArgumentParser, print_ready
 from roomcast.requests import Request, Response
 from roomcast.zmqio import Batch, BatchReader, new_context
@@ -52,6 +53,9 @@ class WorkerConfig:
     heartbeat_interval_s: float = 1.0
     handler_timeout_s: float = 25.0  # below the router's request timeout, so we answer first
     max_concurrency: int = 64
+    # CURVE (roomcast/curve.py): both files, or neither (off)
+    curve_key: str = ""  # our .key_secret certificate
+    curve_server_key: str = ""  # the router's public .key certificate
 
 
 def normalize_result(result: Any) -> tuple[int, Any, dict[str, Any]]:
@@ -87,14 +91,18 @@ class Worker:
         self._routers = [r.strip() for r in config.router.split(",") if r.strip()]
         self._socks: list[zmq.Socket[bytes]] = []
         self._readers: list[BatchReader] = []
+        curve = client_options(config.curve_key, config.curve_server_key)
         for _ in self._routers:
             sock = self._ctx.socket(zmq.DEALER)
+            curve.apply(sock)
             sock.setsockopt(zmq.LINGER, 1000)
             self._socks.append(sock)
             self._readers.append(BatchReader(sock, functools.partial(self._on_batch, sock)))
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.cluster = Cluster(config.router)
+        self.cluster = Cluster(
+            config.router, curve_key=config.curve_key, curve_server_key=config.curve_server_key
+        )
         self._sync_cluster: Any = None
         self.served = 0
 
@@ -206,7 +214,11 @@ class Worker:
         if self._sync_cluster is None:
             from roomcast.sync import SyncCluster
 
-            self._sync_cluster = SyncCluster(self.config.router)
+            self._sync_cluster = SyncCluster(
+                self.config.router,
+                curve_key=self.config.curve_key,
+                curve_server_key=self.config.curve_server_key,
+            )
         return self._sync_cluster
 
 
@@ -248,11 +260,25 @@ def main(argv: list[str] | None = None) -> int:
         default=d.router,
         help="the router's commands address (a primary/backup pair: both, comma-separated)",
     )
+    p.add_argument(
+        "--curve-key",
+        default="",
+        help="CURVE: this worker's .key_secret certificate (with --curve-server-key)",
+    )
+    p.add_argument(
+        "--curve-server-key", default="", help="CURVE: the router's public .key certificate"
+    )
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
     p.add_argument("--handler-timeout", type=float, default=d.handler_timeout_s, help="504 after")
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
+    if bool(a.curve_key) != bool(a.curve_server_key):
+        p.error("--curve-key and --curve-server-key go together")
+    try:
+        client_options(a.curve_key, a.curve_server_key)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast worker: {exc}") from None
     logging.basicConfig(
         stream=sys.stderr,
         level=a.log_level.upper(),
@@ -265,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval_s=a.heartbeat_interval,
         handler_timeout_s=a.handler_timeout,
         max_concurrency=a.max_concurrency,
+        curve_key=a.curve_key,
+        curve_server_key=a.curve_server_key,
     )
+    if config.curve_key:
+        log.info("CURVE on: the links to the router are encrypted and authenticated")
 
     async def serve() -> None:
         stop = asyncio.Event()

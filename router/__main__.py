@@ -11,6 +11,7 @@ import tornado.httpserver
 import tornado.netutil
 from prometheus_client import CollectorRegistry
 
+from roomcast import curve
 from roomcast.flags import EnvArgumentParser, print_ready
 from roomcast.zmqio import new_context
 from router.http import make_app
@@ -79,6 +80,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
     parser.add_argument(
         "--history-ttl", type=float, default=300.0, help="seconds a message is kept"
     )
+    parser.add_argument(
+        "--curve-secret-key",
+        default="",
+        help="CURVE: this router's .key_secret certificate (a pair shares one); with "
+        "--curve-authorized-keys, encrypts every link and admits only authorized clients",
+    )
+    parser.add_argument(
+        "--curve-authorized-keys",
+        default="",
+        help="CURVE: directory of the public .key certificates of the gateways, workers and "
+        "SDK clients allowed to connect",
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -86,6 +99,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         parser.error(f"--role {args.role} needs --peer-bind, --peer-connect or both")
     if args.peer_timeout <= 0:
         parser.error("--peer-timeout must be positive")
+    if bool(args.curve_secret_key) != bool(args.curve_authorized_keys):
+        parser.error("--curve-secret-key and --curve-authorized-keys go together")
+    if args.curve_secret_key:
+        try:  # now, with a clear message, rather than as a traceback from the router
+            curve.server_options(args.curve_secret_key)
+            curve.authorized_keys(args.curve_authorized_keys)
+        except ValueError as exc:
+            raise SystemExit(f"roomcast router: {exc}") from None
     config = RouterConfig(
         commands=args.commands,
         fanout=args.fanout,
@@ -104,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         peer_bind=args.peer_bind,
         peer_connect=args.peer_connect,
         peer_timeout_s=args.peer_timeout,
+        curve_secret_key=args.curve_secret_key,
+        curve_authorized_keys=args.curve_authorized_keys,
         drain_timeout_s=args.drain_timeout,
     )
     return config, args.http_host, args.http_port, args.log_level

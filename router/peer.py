@@ -25,6 +25,7 @@ import zmq
 
 from roomcast.core import wire
 from roomcast.core.errors import WireError
+from roomcast.curve import PLAIN, SocketOptions
 from roomcast.zmqio import Batch, BatchReader
 from router.bstar import BinaryStar, Decision, Event, Role, State, peer_event
 from router.metrics import RouterMetrics
@@ -50,6 +51,9 @@ class PairConfig:
     bind: str = ""  # ROUTER for the peer's DEALER ("" none; port 0: pick one)
     connect: str = ""  # DEALER to the peer's bind address ("" none)
     timeout_s: float = 2.0  # peer silent this long: a client's vote may make us active
+    # CURVE (roomcast/curve.py): the ROUTER is a server, the DEALER a client of the peer's
+    curve_server: SocketOptions = PLAIN
+    curve_client: SocketOptions = PLAIN
 
     @property
     def interval_s(self) -> float:
@@ -94,6 +98,7 @@ class Pair:
         self.bind_endpoint = ""
         if config.bind:
             self._router = ctx.socket(zmq.ROUTER)
+            config.curve_server.apply(self._router)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, _PEER_HWM)
             self.bind_endpoint = _bind(self._router, config.bind)
@@ -101,6 +106,7 @@ class Pair:
             self._readers.append(BatchReader(router, lambda b: self._on_batch(router, b)))
         if config.connect:
             self._dealer = ctx.socket(zmq.DEALER)
+            config.curve_client.apply(self._dealer)
             self._dealer.setsockopt(zmq.LINGER, 0)
             self._dealer.setsockopt(zmq.IMMEDIATE, 1)
             self._dealer.setsockopt(zmq.SNDHWM, _PEER_HWM)

@@ -36,6 +36,7 @@ from roomcast.core.errors import (
 )
 from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
+from roomcast.curve import ServerCurve
 from roomcast.zmqio import Batch, BatchReader
 from router.bstar import Decision, Role, State
 from router.history import History, Recovery
@@ -82,6 +83,9 @@ class RouterConfig:
     peer_bind: str = ""  # ROUTER for the peer to connect to
     peer_connect: str = ""  # the peer's peer_bind
     peer_timeout_s: float = 2.0  # silent this long: a client's vote may fail over
+    # CURVE (roomcast/curve.py): both files, or neither (off)
+    curve_secret_key: str = ""  # our .key_secret certificate (a pair shares one)
+    curve_authorized_keys: str = ""  # directory of the clients' public .key certificates
     # Shutdown
     drain_timeout_s: float = 10.0
 
@@ -124,7 +128,11 @@ class Router:
         self._gateways: dict[str, _Gateway] = {}
         self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
         self._known_workers = 0
+        # Its authenticator runs before any bind, so no handshake completes unchecked.
+        self.curve = ServerCurve(ctx, config.curve_secret_key, config.curve_authorized_keys)
+        self.curve.start()
         self._commands = ctx.socket(zmq.ROUTER)
+        self.curve.server.apply(self._commands)
         self._commands.setsockopt(zmq.LINGER, 0)
         self._commands.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # Sends to a peer that is gone fail loudly instead of vanishing (then we can reroute).
@@ -132,6 +140,7 @@ class Router:
         self._commands.setsockopt(zmq.RCVHWM, config.commands_hwm_messages)
         self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
         self._fanout = ctx.socket(zmq.XPUB)
+        self.curve.server.apply(self._fanout)
         self._fanout.setsockopt(zmq.LINGER, int(config.drain_timeout_s * 1000))
         self._fanout.setsockopt(zmq.SNDHWM, config.fanout_hwm_messages)
         # Without NODROP a full pipe drops silently; with it the send fails and we can count it.
@@ -152,6 +161,8 @@ class Router:
                 bind=config.peer_bind,
                 connect=config.peer_connect,
                 timeout_s=config.peer_timeout_s,
+                curve_server=self.curve.server,
+                curve_client=self.curve.peer,
             )
             self.pair = Pair(
                 pair,
@@ -202,6 +213,7 @@ class Router:
         self._commands.close()
         # Linger (bounded by the drain timeout) flushes what is queued for gateways.
         self._fanout.close()
+        self.curve.stop()
 
     # --- commands --------------------------------------------------------------------------
 
@@ -241,6 +253,7 @@ class Router:
             link.last_seen = now
         elif gateway is None and isinstance(msg, (wire.Heartbeat, wire.Reply)):
             self.workers.seen(identity, now)
+        known = len(self._gateways)
         try:
             self._dispatch(identity, gateway, msg, now)
         except RoomcastError as err:
@@ -248,6 +261,8 @@ class Router:
         except Exception:  # a bug of ours: answer 500, keep serving everyone else
             log.exception("command %s failed", msg.KIND)
             self._fail(identity, gateway, msg, InternalError("internal error"))
+        if self.pair is not None and len(self._gateways) != known:
+            self.pair.announce()  # the backup learns at once whom to wait for after a failover
 
     def _fail(
         self, identity: bytes, gateway: str | None, msg: wire.Message, err: RoomcastError

@@ -73,8 +73,10 @@ class Topology:
         self._flagged: set[str] = set()  # rooms the backend asked to track
         self._tracked: set[str] = set()  # existing rooms whose transitions are queued
         self._transitions: list[Transition] = []
-        # Last metadata per user, for presence events (kept small: only users that set one).
+        # Last metadata per user, for presence events (only users that set one), dropped with
+        # the user's last connection: ``_users`` counts each user's connections cluster-wide.
         self._user_meta: dict[str, bytes] = {}
+        self._users: dict[str, int] = {}
 
     # --- gateways and sockets ---------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class Topology:
                 self._forget(sid)
             user = users[i] if i < len(users) else ""
             self._sockets[sid] = _Socket(gateway, set(), user)
+            self._user_up(user)
             owned.add(sid)
             self._add(sid, sid)
 
@@ -194,7 +197,9 @@ class Topology:
         if user != entry.user:
             for room in entry.rooms:
                 self._count_out(entry, room)
+            self._user_down(entry.user)
             entry.user = user
+            self._user_up(user)
             for room in entry.rooms:
                 self._count_in(entry, room)
         entry.meta = meta
@@ -233,7 +238,8 @@ class Topology:
         return self.count(room), len(self._presence.get(room, {}))
 
     def user_meta(self, user: str) -> bytes:
-        """The metadata last given to any connection of ``user`` (b"" if none)."""
+        """The metadata last given to any connection of ``user`` (b"" if none, or once the
+        user has no connection left)."""
         return self._user_meta.get(user, b"")
 
     def receipt(
@@ -250,6 +256,20 @@ class Topology:
                 targets |= members
         omitted = len(targets.intersection(omit))
         return len(targets) - omitted, omitted
+
+    def _user_up(self, user: str) -> None:
+        if user:
+            self._users[user] = self._users.get(user, 0) + 1
+
+    def _user_down(self, user: str) -> None:
+        if not user:
+            return
+        n = self._users.get(user, 0) - 1
+        if n > 0:
+            self._users[user] = n
+        else:
+            self._users.pop(user, None)
+            self._user_meta.pop(user, None)
 
     def _count_in(self, entry: _Socket, room: str) -> None:
         if not entry.user:
@@ -318,6 +338,8 @@ class Topology:
 
     def _add(self, sid: str, room: str) -> None:
         entry = self._sockets[sid]
+        if room in entry.rooms:
+            return  # a room listed twice (a resync) must not count the socket's user twice
         entry.rooms.add(room)
         by_gateway = self._rooms.get(room)
         if by_gateway is None:
@@ -349,6 +371,7 @@ class Topology:
         for room in list(entry.rooms):
             self._remove(sid, room)
         del self._sockets[sid]
+        self._user_down(entry.user)
         owned = self._gateways.get(entry.gateway)
         if owned is not None:
             owned.discard(sid)

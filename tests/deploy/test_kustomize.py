@@ -165,9 +165,15 @@ def _names(objs: Objects, kind: str) -> set[str]:
 def test_the_same_objects_in_every_kustomization(target: str):
     """Overlays change settings, not the set of workloads, services and policies."""
     objs = render(target)
-    assert _names(objs, "Deployment") == {"roomcast-router", "roomcast-gateway", "roomcast-worker"}
+    assert _names(objs, "Deployment") == {
+        "roomcast-router-primary",
+        "roomcast-router-backup",
+        "roomcast-gateway",
+        "roomcast-worker",
+    }
     assert _names(objs, "Service") == {
-        "roomcast-router",
+        "roomcast-router-primary",
+        "roomcast-router-backup",
         "roomcast-gateway",
         "roomcast-gateway-internal",
     }

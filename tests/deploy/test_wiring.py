@@ -6,6 +6,8 @@
 * addresses in the config name a Service port that leads to the right container port;
 * Service, PodDisruptionBudget, PodMonitor, NetworkPolicy and anti-affinity selectors select
   the pods they are meant for; the autoscaler targets the gateway Deployment;
+* the routers are a primary/backup pair: two Deployments, each pointed at the other's Service,
+  and gateways and workers given both, primary first;
 * shutdown fits: terminationGracePeriodSeconds > ROOMCAST_DRAIN_TIMEOUT + preStop sleep;
 * pods run as the image's non-root user, without service links.
 """
@@ -42,6 +44,11 @@ NAME = "app.kubernetes.io/name"
 COMPONENT = "app.kubernetes.io/component"
 # Which container port serves what, per component.
 METRICS_PORT = {"router": "http", "gateway": "internal"}
+# The readiness path per component: a router's /readyz is 200 only while it serves, so the
+# standby of the pair would never be ready (out of its Service, its rollout never done).
+READINESS = {"router": "/healthz", "gateway": "/readyz"}
+ROLE = "roomcast/router-role"
+ROUTERS = ("roomcast-router-primary", "roomcast-router-backup")
 # Margin beyond preStop + drain for closing sockets and exiting (seconds).
 SHUTDOWN_MARGIN_S = 5
 
@@ -49,10 +56,16 @@ SHUTDOWN_MARGIN_S = 5
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _deployment(objs: Objects, component: str) -> dict[str, Any]:
+def _deployments(objs: Objects, component: str) -> list[dict[str, Any]]:
     found = [d for d in pod_templates(objs) if d["metadata"]["labels"].get(COMPONENT) == component]
-    assert len(found) == 1, f"k8s/{objs.target}: one {component} Deployment expected"
-    return found[0]
+    expected = 2 if component == "router" else 1  # the router pair: primary and backup
+    assert len(found) == expected, f"k8s/{objs.target}: {expected} {component} Deployment(s)"
+    return sorted(found, key=lambda d: ROUTERS.index(d["metadata"]["name"]) if expected == 2 else 0)
+
+
+def _deployment(objs: Objects, component: str) -> dict[str, Any]:
+    """The one Deployment of a component (the routers' first, the primary, where any will do)."""
+    return _deployments(objs, component)[0]
 
 
 def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -162,12 +175,17 @@ def _service_port(objs: Objects, address: str) -> tuple[dict[str, Any], dict[str
 
 
 def _selected(objs: Objects, selector: dict[str, Any]) -> list[str]:
-    """Components whose pods a selector selects."""
-    return [
-        d["metadata"]["labels"][COMPONENT]
-        for d in pod_templates(objs)
-        if labels_match(selector, _pod_labels(d))
-    ]
+    """Components whose pods a selector selects (each once)."""
+    return sorted({d["metadata"]["labels"][COMPONENT] for d in _selected_workloads(objs, selector)})
+
+
+def _selected_workloads(objs: Objects, selector: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in pod_templates(objs) if labels_match(selector, _pod_labels(d))]
+
+
+def _selected_names(objs: Objects, selector: dict[str, Any]) -> list[str]:
+    """Deployments whose pods a selector selects."""
+    return [d["metadata"]["name"] for d in _selected_workloads(objs, selector)]
 
 
 # -- labels and selectors ---------------------------------------------------------------------
@@ -177,29 +195,36 @@ def _selected(objs: Objects, selector: dict[str, Any]) -> list[str]:
 def test_workloads_are_labelled_and_select_their_own_pods(target: str):
     objs = render(target)
     for component in COMPONENTS:
-        d = _deployment(objs, component)
-        labels = _pod_labels(d)
-        assert labels[NAME] == "roomcast" and labels[COMPONENT] == component
-        selector = d["spec"]["selector"]
-        assert selector["matchLabels"] == {NAME: "roomcast", COMPONENT: component}
-        assert _selected(objs, selector) == [component]
-        assert _component_of(_container(d)) == component
+        for d in _deployments(objs, component):
+            labels = _pod_labels(d)
+            assert labels[NAME] == "roomcast" and labels[COMPONENT] == component
+            selector = d["spec"]["selector"]["matchLabels"]
+            own = {NAME: "roomcast", COMPONENT: component}
+            if component == "router":  # two Deployments must not select each other's pods
+                own[ROLE] = labels[ROLE]
+            assert selector == own
+            assert _selected_names(objs, {"matchLabels": selector}) == [d["metadata"]["name"]]
+            assert _component_of(_container(d)) == component
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_services_select_one_component_and_target_its_named_ports(target: str):
     objs = render(target)
+    router_ports = {"commands", "fanout", "http", "peer"}
     expected = {
-        "roomcast-router": ("router", {"commands", "fanout", "http"}),
-        "roomcast-gateway": ("gateway", {"public"}),
-        "roomcast-gateway-internal": ("gateway", {"internal"}),
+        "roomcast-router-primary": ("roomcast-router-primary", router_ports),
+        "roomcast-router-backup": ("roomcast-router-backup", router_ports),
+        "roomcast-gateway": ("roomcast-gateway", {"public"}),
+        "roomcast-gateway-internal": ("roomcast-gateway", {"internal"}),
     }
+    assert {s["metadata"]["name"] for s in objs.kind("Service")} == set(expected)
     for service in objs.kind("Service"):
         name = service["metadata"]["name"]
-        component, port_names = expected[name]
+        workload, port_names = expected[name]
         selector = {"matchLabels": service["spec"]["selector"]}
-        assert _selected(objs, selector) == [component], name
-        ports = _ports(_container(_deployment(objs, component)))
+        [deployment] = _selected_workloads(objs, selector)
+        assert deployment["metadata"]["name"] == workload, name
+        ports = _ports(_container(deployment))
         targets = {p["targetPort"] for p in service["spec"]["ports"]}
         assert targets == port_names, name
         for p in service["spec"]["ports"]:
@@ -265,15 +290,17 @@ def test_probes_hit_real_paths_on_named_ports(target: str):
     objs = render(target)
     apps = _http_apps()
     for component in ("router", "gateway"):
-        container = _container(_deployment(objs, component))
-        ports = _ports(container)
-        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
-            get = container[probe]["httpGet"]
-            assert get["path"] == path, f"{component} {probe}"
-            assert isinstance(get["port"], str) and get["port"] in ports, f"{component} {probe}"
-            # The port serves the app that routes the path (the metrics/health app).
-            assert get["port"] == METRICS_PORT[component]
-            assert _served(apps[component], path), f"{component} does not route {path}"
+        for d in _deployments(objs, component):
+            container = _container(d)
+            ports = _ports(container)
+            probes = (("readinessProbe", READINESS[component]), ("livenessProbe", "/healthz"))
+            for probe, path in probes:
+                get = container[probe]["httpGet"]
+                assert get["path"] == path, f"{component} {probe}"
+                assert isinstance(get["port"], str) and get["port"] in ports, f"{probe}"
+                # The port serves the app that routes the path (the metrics/health app).
+                assert get["port"] == METRICS_PORT[component]
+                assert _served(apps[component], path), f"{component} does not route {path}"
     worker = _container(_deployment(objs, "worker"))
     assert "ports" not in worker and "readinessProbe" not in worker
 
@@ -282,11 +309,11 @@ def test_probes_hit_real_paths_on_named_ports(target: str):
 def test_roomcast_env_vars_are_flags_of_their_component(target: str):
     objs = render(target)
     for component in COMPONENTS:
-        container = _container(_deployment(objs, component))
-        env = container_env(objs, container)
-        ours = {k for k in env if k.startswith("ROOMCAST_")}
-        unknown = ours - component_flags(component)
-        assert not unknown, f"k8s/{target}: {component} has no flag for {sorted(unknown)}"
+        for d in _deployments(objs, component):
+            env = container_env(objs, _container(d))
+            ours = {k for k in env if k.startswith("ROOMCAST_")}
+            unknown = ours - component_flags(component)
+            assert not unknown, f"k8s/{target}: {component} has no flag for {sorted(unknown)}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -294,17 +321,54 @@ def test_router_binds_its_container_ports_on_all_interfaces(
     target: str, monkeypatch: pytest.MonkeyPatch
 ):
     objs = render(target)
-    container = _container(_deployment(objs, "router"))
-    config, http_host, http_port, _level = _parse(
-        "router", container_env(objs, container), monkeypatch
-    )
-    ports = _ports(container)
-    for name, url in (("commands", config.commands), ("fanout", config.fanout)):
-        parts = urlsplit(url)
-        assert parts.scheme == "tcp" and parts.hostname in ("0.0.0.0", "*"), url
-        assert parts.port == ports[name], f"{name}: binds {url}, container port {ports[name]}"
-    assert http_host == "0.0.0.0"
-    assert http_port == ports["http"]
+    for d in _deployments(objs, "router"):
+        container = _container(d)
+        config, http_host, http_port, _level = _parse(
+            "router", container_env(objs, container), monkeypatch
+        )
+        ports = _ports(container)
+        binds = (("commands", config.commands), ("fanout", config.fanout))
+        for name, url in (*binds, ("peer", config.peer_bind)):
+            parts = urlsplit(url)
+            assert parts.scheme == "tcp" and parts.hostname in ("0.0.0.0", "*"), url
+            assert parts.port == ports[name], f"{name}: binds {url}, container port {ports[name]}"
+        assert http_host == "0.0.0.0"
+        assert http_port == ports["http"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_routers_are_a_pair_each_pointed_at_the_other(
+    target: str, monkeypatch: pytest.MonkeyPatch
+):
+    objs = render(target)
+    primary, backup = _deployments(objs, "router")
+    roles = {}
+    for d, other in ((primary, backup), (backup, primary)):
+        assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
+        env = container_env(objs, _container(d))
+        config, *_ = _parse("router", env, monkeypatch)
+        roles[d["metadata"]["name"]] = config.role
+        assert _pod_labels(d)[ROLE] == config.role
+        assert config.peer_timeout_s > 0
+        # Its peer address is the other router's Service, on the port the other binds.
+        service, port = _service_port(objs, config.peer_connect)
+        assert _selected_names(objs, {"matchLabels": service["spec"]["selector"]}) == [
+            other["metadata"]["name"]
+        ]
+        assert port["targetPort"] == "peer" and port["port"] == _ports(_container(other))["peer"]
+    assert roles == {"roomcast-router-primary": "primary", "roomcast-router-backup": "backup"}
+
+
+def _router_addresses(objs: Objects, value: str, port_name: str) -> None:
+    """A comma-separated pair: the primary's Service first, then the backup's, on port_name."""
+    addresses = value.split(",")
+    assert len(addresses) == 2, value
+    for address, name in zip(addresses, ROUTERS, strict=True):
+        service, port = _service_port(objs, address)
+        assert _selected_names(objs, {"matchLabels": service["spec"]["selector"]}) == [name]
+        router = objs.get("Deployment", name)
+        assert port["targetPort"] == port_name, address
+        assert port["port"] == _ports(_container(router))[port_name], address
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -319,11 +383,8 @@ def test_gateway_binds_its_container_ports_and_reaches_the_router(
     ports = _ports(container)
     assert (config.host, config.port) == ("0.0.0.0", ports["public"])
     assert (config.internal_host, config.internal_port) == ("0.0.0.0", ports["internal"])
-    router_ports = _ports(_container(_deployment(objs, "router")))
-    for address, name in ((config.router, "commands"), (config.fanout, "fanout")):
-        service, port = _service_port(objs, address)
-        assert _selected(objs, {"matchLabels": service["spec"]["selector"]}) == ["router"]
-        assert port["targetPort"] == name and port["port"] == router_ports[name], address
+    _router_addresses(objs, config.router, "commands")
+    _router_addresses(objs, config.fanout, "fanout")
     if target == "overlays/dev":
         assert config.env == "development"
     else:
@@ -352,9 +413,7 @@ def test_worker_serves_an_app_and_reaches_the_router(target: str):
     module, _, attr = env["WORKER_APP"].partition(":")
     assert module.split(".")[0] in ("roomcast", "gateway", "router"), "not in the image"
     assert isinstance(getattr(importlib.import_module(module), attr), App)
-    service, port = _service_port(objs, env["ROOMCAST_ROUTER"])
-    assert _selected(objs, {"matchLabels": service["spec"]["selector"]}) == ["router"]
-    assert port["targetPort"] == "commands"
+    _router_addresses(objs, env["ROOMCAST_ROUTER"], "commands")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -368,12 +427,12 @@ def test_grace_period_covers_prestop_and_drain(target: str):
         f"k8s/{target}: gateway grace {grace}s <= preStop {_prestop_seconds(container)}s + "
         f"drain {drain}s + {SHUTDOWN_MARGIN_S}s"
     )
-    router = _deployment(objs, "router")
-    router_drain = float(container_env(objs, _container(router))["ROOMCAST_DRAIN_TIMEOUT"])
-    router_grace = router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert router_grace >= router_drain + SHUTDOWN_MARGIN_S
-    assert router["spec"]["strategy"] == {"type": "Recreate"}
-    assert router["spec"]["replicas"] == 1
+    for router in _deployments(objs, "router"):
+        router_drain = float(container_env(objs, _container(router))["ROOMCAST_DRAIN_TIMEOUT"])
+        router_grace = router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert router_grace >= router_drain + SHUTDOWN_MARGIN_S
+        assert router["spec"]["strategy"] == {"type": "Recreate"}
+        assert router["spec"]["replicas"] == 1
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -438,12 +497,12 @@ def test_scrape_annotations_point_at_the_metrics_port(target: str):
     objs = render(target)
     apps = _http_apps()
     for component, port_name in METRICS_PORT.items():
-        d = _deployment(objs, component)
-        notes = d["spec"]["template"]["metadata"]["annotations"]
-        assert notes["prometheus.io/scrape"] == "true"
-        assert notes["prometheus.io/path"] == "/metrics"
-        assert int(notes["prometheus.io/port"]) == _ports(_container(d))[port_name]
-        assert _served(apps[component], "/metrics")
+        for d in _deployments(objs, component):
+            notes = d["spec"]["template"]["metadata"]["annotations"]
+            assert notes["prometheus.io/scrape"] == "true"
+            assert notes["prometheus.io/path"] == "/metrics"
+            assert int(notes["prometheus.io/port"]) == _ports(_container(d))[port_name]
+            assert _served(apps[component], "/metrics")
 
 
 def test_podmonitors_select_pods_with_the_metrics_port():
@@ -512,6 +571,15 @@ def test_only_gateways_reach_the_fanout_port():
     assert [_selected(objs, peer["podSelector"]) for peer in rule["from"]] == [["gateway"]]
 
 
+def test_only_routers_reach_the_peer_port():
+    objs = render("base")
+    policy = objs.get("NetworkPolicy", "roomcast-router")
+    rules = [r for r in policy["spec"]["ingress"] if "peer" in {p["port"] for p in r["ports"]}]
+    [rule] = rules
+    assert {p["port"] for p in rule["ports"]} == {"peer"}
+    assert [_selected(objs, peer["podSelector"]) for peer in rule["from"]] == [["router"]]
+
+
 # -- production -------------------------------------------------------------------------------
 
 
@@ -527,11 +595,15 @@ def test_production_spreads_gateways_over_nodes():
 def test_overlays_size_the_workloads_differently():
     dev, prod = render("overlays/dev"), render("overlays/production")
     for component in COMPONENTS:
-        d = _container(_deployment(dev, component))["resources"]
-        p = _container(_deployment(prod, component))["resources"]
-        assert d != p, component
-        for res in (d, p):
-            assert set(res) == {"requests", "limits"} and set(res["limits"]) == {"cpu", "memory"}
+        for dev_d, prod_d in zip(
+            _deployments(dev, component), _deployments(prod, component), strict=True
+        ):
+            d = _container(dev_d)["resources"]
+            p = _container(prod_d)["resources"]
+            assert d != p, component
+            for res in (d, p):
+                assert set(res) == {"requests", "limits"}
+                assert set(res["limits"]) == {"cpu", "memory"}
     assert _deployment(prod, "worker")["spec"]["replicas"] == 2
     [hpa] = prod.kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["minReplicas"] >= 2

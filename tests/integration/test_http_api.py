@@ -353,6 +353,25 @@ def scenario_broadcast(ac: ApiCluster, api: HttpApi, via: str) -> None:
     assert api.call("broadcast", {"rooms": room, "data": 3, "omit": a.id}) == {"gateways": 2}
     assert b.next_event() == Event("message", 3)
     api.marker(a, b, outsider)
+    # Receipts (issue 8): exact sockets, each once across rooms (a is in both), omit counted;
+    # with confirm, also the sockets the gateways queued it for.
+    body = {"rooms": [room, room2], "data": 4, "receipt": True}
+    assert api.call("broadcast", body) == {"gateways": 2, "sockets": 2, "omitted": 0}
+    body = {"rooms": [room, room2], "data": 5, "omit": [a.id, outsider.id], "receipt": True}
+    assert api.call("broadcast", body) == {"gateways": 2, "sockets": 1, "omitted": 1}
+    body = {"rooms": [room, room2], "data": 6, "confirm": True, "confirm_timeout": 10 * T}
+    assert api.call("broadcast", body) == {
+        "gateways": 2, "sockets": 2, "omitted": 0, "confirmed": 2, "complete": True
+    }  # fmt: skip
+    assert [a.next_event(), a.next_event()] == [Event("message", 4), Event("message", 6)]
+    assert [b.next_event() for _ in range(3)] == [Event("message", n) for n in (4, 5, 6)]
+    # receipt false is the plain answer; bad receipt fields are refused, and send nothing.
+    assert api.call("broadcast", {"rooms": room, "data": 7, "receipt": False}) == {"gateways": 2}
+    assert [a.next_event(), b.next_event()] == [Event("message", 7)] * 2
+    for bad in ({"receipt": "yes"}, {"confirm": 1}, {"confirm": True, "confirm_timeout": 0},
+                {"confirm_timeout": 61}, {"confirm_timeout": "5"}):  # fmt: skip
+        api.refused("broadcast", {"rooms": room, "data": "no", **bad}, 400, "bad_request")
+    api.marker(a, b, outsider)
 
 
 def scenario_blast(ac: ApiCluster, api: HttpApi, via: str) -> None:
@@ -360,7 +379,7 @@ def scenario_blast(ac: ApiCluster, api: HttpApi, via: str) -> None:
     router = Metrics(http_get(ac.cluster.router.info["http"] + "/metrics")[1])
     live = router.get("roomcast_router_gateways")
     assert live == len(ac.cluster.gateways)
-    body = {"event": "news", "data": {"items": [1, "two"]}, "omit": omitted.id}
+    body: dict[str, Any] = {"event": "news", "data": {"items": [1, "two"]}, "omit": omitted.id}
     assert api.call("blast", body) == {"gateways": live}
     assert a.next_event() == Event("news", {"items": [1, "two"]})
     assert b.next_event() == Event("news", {"items": [1, "two"]})
@@ -368,6 +387,28 @@ def scenario_blast(ac: ApiCluster, api: HttpApi, via: str) -> None:
     for client in (a, b, omitted):
         assert client.next_event() == Event("message", None)
     api.marker(a, b, omitted)
+    # Receipts count every socket of the cluster: once the router has only these three (the
+    # clients of earlier tests are closed, but their close may still be on its way).
+    deadline_poll(
+        lambda: router_gauge(ac, "roomcast_router_sockets") == 3,
+        10 * T,
+        message="the router to know exactly this test's 3 sockets",
+    )
+    body = {"data": 1, "omit": [omitted.id, "nobody"], "receipt": True}
+    assert api.call("blast", body) == {"gateways": live, "sockets": 2, "omitted": 1}
+    body = {"data": 2, "confirm": True, "confirm_timeout": 10 * T}
+    assert api.call("blast", body) == {
+        "gateways": live, "sockets": 3, "omitted": 0, "confirmed": 3, "complete": True
+    }  # fmt: skip
+    assert [a.next_event(), a.next_event()] == [Event("message", 1), Event("message", 2)]
+    assert [b.next_event(), b.next_event()] == [Event("message", 1), Event("message", 2)]
+    assert omitted.next_event() == Event("message", 2)
+    api.refused("blast", {"data": "no", "confirm": True, "confirm_timeout": -1}, 400, "bad_request")
+    api.marker(a, b, omitted)
+
+
+def router_gauge(ac: ApiCluster, name: str) -> float:
+    return Metrics(http_get(ac.cluster.router.info["http"] + "/metrics")[1]).get(name)
 
 
 def scenario_join(ac: ApiCluster, api: HttpApi, via: str) -> None:
@@ -487,6 +528,136 @@ def scenario_rooms(ac: ApiCluster, api: HttpApi, via: str) -> None:
     assert sorted(api.call("rooms", {"socket": b.id})["rooms"]) == sorted([b.id, r1, r2])
     assert sorted(ac.other(via).rooms(b.id)) == sorted([b.id, r1, r2])
     assert api.call("rooms", {"socket": a.id}) == {"rooms": [a.id]}
+
+
+# Presence (issue 8): identities set through the API (these gateways take no tokens).
+
+
+def presence_event(room: str, joined: Iterable[tuple[str, Any]] = (),
+                   left: Iterable[str] = ()) -> Event:  # fmt: skip
+    """The router's coalesced presence event (router/presence.py), users sorted."""
+    return Event(
+        "presence",
+        {
+            "room": room,
+            "joined": [{"user": u, "meta": m} for u, m in sorted(joined)],
+            "left": sorted(left),
+        },
+    )
+
+
+def scenario_presence(ac: ApiCluster, api: HttpApi, via: str) -> None:
+    tab1, tab2, bob, anon = ac.ws(OPEN0), ac.ws(OPEN1), ac.ws(OPEN1), ac.ws(OPEN0)
+    room, empty = fresh_room("pres"), fresh_room("pres")
+    assert api.call("presence", {"room": empty}) == {"presence": {}}
+    api.join([tab1.id, tab2.id, bob.id, anon.id], room)
+    assert api.call("presence", {"room": room}) == {"presence": {}}  # nobody identified yet
+    api.call("set_presence", {"socket": tab1.id, "user": "ada", "meta": {"tab": 1}})
+    api.call("set_presence", {"socket": tab2.id, "user": "ada", "meta": {"tab": 1}})
+    api.call("set_presence", {"socket": bob.id, "user": "bob"})
+    expected: dict[str, dict[str, Any]] = {
+        "ada": {"connections": 2, "meta": {"tab": 1}},  # two tabs, two gateways: one user
+        "bob": {"connections": 1, "meta": None},
+    }
+    assert api.call("presence", {"room": room}) == {"presence": expected}
+    assert ac.other(via).call("presence", {"room": room}) == {"presence": expected}
+    # A socket's own id room has its presence too.
+    assert api.call("presence", {"room": bob.id}) == {"presence": {"bob": expected["bob"]}}
+    tab2.close()  # a disconnect leaves the room cluster-wide: ada is still there, once
+    expected["ada"]["connections"] = 1
+    deadline_poll(
+        lambda: api.call("presence", {"room": room}) == {"presence": expected},
+        10 * T,
+        message="presence after a tab closed",
+    )
+    api.refused("presence", {"room": ""}, 400, "invalid_room")
+    api.refused("presence", {}, 400, "bad_request", "missing fields: room")
+
+
+def scenario_presence_stats(ac: ApiCluster, api: HttpApi, via: str) -> None:
+    ada1, ada2, bob, anon = ac.ws(OPEN0), ac.ws(OPEN1), ac.ws(OPEN0), ac.ws(OPEN1)
+    room = fresh_room("stats")
+    assert api.call("presence_stats", {"room": room}) == {"connections": 0, "users": 0}
+    api.join([ada1.id, ada2.id, bob.id, anon.id], room)
+    assert api.call("presence_stats", {"room": room}) == {"connections": 4, "users": 0}
+    for sock, user in ((ada1, "ada"), (ada2, "ada"), (bob, "bob")):
+        api.call("set_presence", {"socket": sock.id, "user": user})
+    stats = {"connections": 4, "users": 2}  # the anonymous socket is a connection, no user
+    assert api.call("presence_stats", {"room": room}) == stats
+    assert ac.other(via).call("presence_stats", {"room": room}) == stats
+    api.call("leave", {"sockets": bob.id, "rooms": room})
+    assert api.call("presence_stats", {"room": room}) == {"connections": 3, "users": 1}
+    api.refused("presence_stats", {"room": "x" * 300}, 400, "invalid_room")
+
+
+def scenario_set_presence(ac: ApiCluster, api: HttpApi, via: str) -> None:
+    sock, other = ac.ws(OPEN1), ac.ws(OPEN0)
+    room = fresh_room("setp")
+    api.join([sock.id, other.id], room)
+
+    def presence() -> Any:
+        return api.call("presence", {"room": room})["presence"]
+
+    meta = {"name": "Ada Lovelace", "émoji": "✓", "tabs": [1, 2]}
+    assert api.call("set_presence", {"socket": sock.id, "user": "ada", "meta": meta}) == {}
+    assert presence() == {"ada": {"connections": 1, "meta": meta}}
+    # A new identity replaces the old one (ada is gone), metadata defaults to null.
+    assert api.call("set_presence", {"socket": sock.id, "user": "bob"}) == {}
+    assert presence() == {"bob": {"connections": 1, "meta": None}}
+    assert ac.other(via).call("set_presence", {"socket": other.id, "user": "bob"}) == {}
+    assert presence() == {"bob": {"connections": 2, "meta": None}}
+    # null clears it: the socket stays in the room, anonymous.
+    assert api.call("set_presence", {"socket": sock.id, "user": None}) == {}
+    assert presence() == {"bob": {"connections": 1, "meta": None}}
+    assert api.call("presence_stats", {"room": room}) == {"connections": 2, "users": 1}
+    api.refused("set_presence", {"socket": "no-such-socket", "user": "ada"}, 404,
+                "no_such_socket")  # fmt: skip
+    for bad in ({"socket": sock.id, "user": ""}, {"socket": sock.id, "user": 5},
+                {"socket": "", "user": "ada"}, {"socket": [sock.id], "user": "ada"}):  # fmt: skip
+        api.refused("set_presence", bad, 400, "bad_request")
+    api.refused("set_presence", {"socket": sock.id}, 400, "bad_request", "missing fields: user")
+    assert presence() == {"bob": {"connections": 1, "meta": None}}
+
+
+def scenario_track_presence(ac: ApiCluster, api: HttpApi, via: str) -> None:
+    """This router tracks no room by pattern: only rooms flagged through the API push events.
+    "Nothing pushed" is checked with a sentinel: a transition in another tracked room, whose
+    event comes after any earlier one (one router stream, events in transition order)."""
+    watcher, ada, bob = ac.ws(OPEN0), ac.ws(OPEN1), ac.ws(OPEN0)
+    room, sentinel = fresh_room("track"), fresh_room("sentinel")
+    api.call("set_presence", {"socket": ada.id, "user": "ada", "meta": {"v": 1}})
+    api.call("set_presence", {"socket": bob.id, "user": "bob"})
+    assert api.call("track_presence", {"room": sentinel}) == {}
+    api.join(watcher.id, [room, sentinel])
+
+    def no_presence_event_before_sentinel() -> None:
+        probe = ac.ws(OPEN1)
+        user = "sentinel-" + uuid.uuid4().hex[:8]
+        api.call("set_presence", {"socket": probe.id, "user": user})
+        api.join(probe.id, sentinel)
+        assert watcher.next_event() == presence_event(sentinel, joined=[(user, None)])
+        api.call("leave", {"sockets": probe.id, "rooms": sentinel})
+        assert watcher.next_event() == presence_event(sentinel, left=[user])
+
+    api.join(ada.id, room)  # not tracked: no event
+    no_presence_event_before_sentinel()
+    assert api.call("track_presence", {"room": room, "enabled": True}) == {}
+    api.join(bob.id, room)
+    joined_bob = presence_event(room, joined=[("bob", None)])  # to every member, bob too
+    assert [watcher.next_event(), ada.next_event(), bob.next_event()] == [joined_bob] * 3
+    api.call("leave", {"sockets": ada.id, "rooms": room})
+    assert watcher.next_event() == presence_event(room, left=["ada"])
+    assert bob.next_event() == presence_event(room, left=["ada"])
+    api.join(ada.id, room)
+    joined_ada = presence_event(room, joined=[("ada", {"v": 1})])  # with its metadata
+    assert [watcher.next_event(), bob.next_event(), ada.next_event()] == [joined_ada] * 3
+    # enabled false stops the events.
+    assert ac.other(via).call("track_presence", {"room": room, "enabled": False}) == {}
+    api.call("leave", {"sockets": [ada.id, bob.id], "rooms": room})
+    no_presence_event_before_sentinel()
+    api.refused("track_presence", {"room": room, "enabled": "no"}, 400, "bad_request")
+    api.refused("track_presence", {"room": ""}, 400, "invalid_room")
+    api.marker(watcher, ada, bob)
 
 
 # Resourceful PubSub: room names and payloads are Sails v1's, written out here literally.

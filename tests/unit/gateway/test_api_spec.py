@@ -30,8 +30,16 @@ VALID: dict[str, list[dict[str, Any]]] = {
         {"rooms": "lobby"},
         {"rooms": ["a", "b"], "event": "greet", "data": {"text": "hi"}, "omit": "s1"},
         {"rooms": "a", "data": None, "omit": ["s1", "s2"]},
+        {"rooms": "a", "receipt": True},
+        {"rooms": ["a", "b"], "receipt": True, "confirm": True, "confirm_timeout": 0.5},
+        {"rooms": "a", "confirm": True, "confirm_timeout": 60},
     ],
-    "blast": [{}, {"event": "news", "data": [1, 2], "omit": ["s1"]}],
+    "blast": [
+        {},
+        {"event": "news", "data": [1, 2], "omit": ["s1"]},
+        {"receipt": True, "omit": "s1"},
+        {"confirm": True, "confirm_timeout": 2},
+    ],
     "join": [{"sockets": "s1", "rooms": "a"}, {"sockets": ["s1", "s2"], "rooms": ["a", "b"]}],
     "leave": [{"sockets": "s1", "rooms": "a"}, {"sockets": [], "rooms": ["a"]}],
     "leave_all": [{"room": "a"}],
@@ -40,6 +48,14 @@ VALID: dict[str, list[dict[str, Any]]] = {
     "count": [{"room": "a"}],
     "members": [{"room": "a"}],
     "rooms": [{"socket": "s1"}],
+    "presence": [{"room": "a"}],
+    "presence_stats": [{"room": "a"}],
+    "set_presence": [
+        {"socket": "s1", "user": "ada"},
+        {"socket": "s1", "user": "ada", "meta": {"tab": 1}},
+        {"socket": "s1", "user": None},
+    ],
+    "track_presence": [{"room": "a"}, {"room": "a", "enabled": False}],
     "publish": [
         {"model": "user", "ids": 1, "data": {"x": 1}},
         {"model": "user", "ids": ["a", 2], "data": "text", "omit": "s1"},
@@ -69,6 +85,20 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("leave_all", {"room": ["a"]}),
     ("count", {"room": None}),
     ("rooms", {"socket": 5}),
+    ("broadcast", {"rooms": "a", "receipt": "yes"}),
+    ("broadcast", {"rooms": "a", "confirm": 1}),
+    ("broadcast", {"rooms": "a", "confirm": True, "confirm_timeout": 0}),
+    ("broadcast", {"rooms": "a", "confirm": True, "confirm_timeout": 61}),
+    ("blast", {"confirm_timeout": "5"}),
+    ("presence", {}),
+    ("presence", {"room": ""}),
+    ("presence_stats", {"room": ["a"]}),
+    ("set_presence", {"socket": "s1"}),  # user is required (null clears)
+    ("set_presence", {"user": "ada"}),
+    ("set_presence", {"socket": "s1", "user": ""}),
+    ("set_presence", {"socket": "s1", "user": 5}),
+    ("track_presence", {"room": "a", "enabled": "no"}),
+    ("track_presence", {"enabled": True}),
     ("publish", {"model": "user", "ids": True, "data": 1}),
     ("publish", {"model": "user", "ids": 1.5, "data": 1}),
     ("publish", {"model": "", "ids": 1, "data": 1}),
@@ -129,7 +159,8 @@ def test_sdk_operations_of_the_design_are_all_there() -> None:
         "remove_room_members_from_rooms", "count", "members", "rooms", "publish",
     }  # fmt: skip
     models = {f"publish_{v}" for v in ("create", "update", "destroy", "add", "remove")}
-    assert set(OPERATIONS) == sdk | models
+    presence = {"presence", "presence_stats", "set_presence", "track_presence"}  # issue 8
+    assert set(OPERATIONS) == sdk | models | presence
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
@@ -199,6 +230,14 @@ def test_refused_bodies_are_invalid_under_the_request_schema(
         ("broadcast", {"gateways": 2}, True),
         ("broadcast", {"gateways": -1}, False),
         ("broadcast", {}, False),
+        ("broadcast", {"gateways": 2, "sockets": 5, "omitted": 1}, True),
+        (
+            "blast",
+            {"gateways": 2, "sockets": 5, "omitted": 1, "confirmed": 5, "complete": True},
+            True,
+        ),
+        ("broadcast", {"gateways": 2, "sockets": -1, "omitted": 0}, False),
+        ("blast", {"gateways": 1, "sockets": 3, "omitted": 0, "complete": "yes"}, False),
         ("blast", {"gateways": 0}, True),
         ("join", {}, True),
         ("join", {"ok": True}, False),
@@ -209,6 +248,16 @@ def test_refused_bodies_are_invalid_under_the_request_schema(
         ("rooms", {"rooms": ["s1", "lobby"]}, True),
         ("rooms", {"rooms": [""]}, False),
         ("publish_create", {}, True),
+        ("presence", {"presence": {}}, True),
+        ("presence", {"presence": {"ada": {"connections": 2, "meta": {"tab": 1}}}}, True),
+        ("presence", {"presence": {"ada": {"connections": 1, "meta": None}}}, True),
+        ("presence", {"presence": {"ada": {"connections": 0, "meta": None}}}, False),
+        ("presence", {"presence": {"ada": {"connections": 1}}}, False),
+        ("presence", {"ada": {"connections": 1, "meta": None}}, False),
+        ("presence_stats", {"connections": 3, "users": 2}, True),
+        ("presence_stats", {"connections": 3}, False),
+        ("set_presence", {}, True),
+        ("track_presence", {}, True),
     ],
 )
 def test_response_schemas(name: str, result: dict[str, Any], valid: bool) -> None:
