@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.hub import Gateway
 from gateway.metrics import GatewayMetrics
 from roomcast import curve
-from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.zmqio import new_context
 
 __all__ = ["main", "parse_args"]
@@ -349,11 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         sys.stderr.write(f"roomcast gateway: {problem}\n")
         raise SystemExit(2)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(level)
     log.info("open-files limit %d", raise_fd_limit())
     asyncio.run(serve(config))
 

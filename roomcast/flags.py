@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["EnvArgumentParser", "env_name", "print_ready"]
+__all__ = ["EnvArgumentParser", "configure_logging", "env_name", "print_ready"]
 
 
 def env_name(flag: str) -> str:
@@ -47,6 +48,15 @@ class EnvArgumentParser(argparse.ArgumentParser):
                     except (TypeError, ValueError):
                         self.error(f"{var}={raw!r} is not valid for {long}")
         return super().add_argument(*names, **kw)
+
+
+def configure_logging(level: str) -> None:
+    """Every roomcast process logs the same way: to stderr, one line per record."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
 
 
 def print_ready(info: Mapping[str, Any]) -> None:

@@ -38,7 +38,7 @@ from roomcast.cluster import Cluster, encode_json
 from roomcast.core import wire
 from roomcast.core.errors import ActionFailed, NotFound, RoomcastError, Timeout, WireError
 from roomcast.curve import client_options
-from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.requests import Request, Response
 from roomcast.zmqio import Batch, BatchReader, new_context
 
@@ -279,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast worker: {exc}") from None
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=a.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(a.log_level)
     sys.path.insert(0, os.getcwd())  # like `python -m`: apps next to the caller import
     app = load_app(a.app)
     config = WorkerConfig(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 import tornado.httpserver
 import tornado.netutil
 from prometheus_client import CollectorRegistry
 
 from roomcast import curve
-from roomcast.flags import EnvArgumentParser, print_ready
+from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.zmqio import new_context
 from router.http import make_app
 from router.metrics import RouterMetrics
@@ -163,11 +162,7 @@ async def serve(config: RouterConfig, http_host: str, http_port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config, http_host, http_port, level = parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(level)
     asyncio.run(serve(config, http_host, http_port))
 
 
