@@ -35,6 +35,7 @@ class SocketsApi(Protocol):
         data: Any = None,
         *,
         omit: SocketsLike | None = None,
+        receipt: Any = False,
     ) -> Any: ...
 
 
@@ -84,11 +85,18 @@ class Model:
 
     # --- notifications ---------------------------------------------------------------------
 
-    async def publish(self, ids: Any, data: Any, req: SocketLike | None = None) -> None:
-        """Send ``data`` (no envelope) to the subscribers of each record."""
+    async def publish(
+        self, ids: Any, data: Any, req: SocketLike | None = None, *, receipt: bool = False
+    ) -> Any:
+        """Send ``data`` (no envelope) to the subscribers of each record; with ``receipt=True``
+        return the :class:`roomcast.Receipt` (exact sockets reached and omitted)."""
         rooms = self._rooms(ids)
-        if rooms:
-            await self.sockets.broadcast(rooms, self.identity, data, omit=req)
+        if not rooms:
+            return None
+        if receipt:
+            return await self.sockets.broadcast(rooms, self.identity, data, omit=req, receipt=True)
+        await self.sockets.broadcast(rooms, self.identity, data, omit=req)
+        return None
 
     async def publish_create(self, record: dict[str, Any], req: SocketLike | None = None) -> None:
         pk = record[self.primary_key]

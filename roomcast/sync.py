@@ -374,8 +374,16 @@ class SyncModel:
     def unwatch(self, req: SocketsLike) -> None:
         self._call("unwatch", req)
 
-    def publish(self, ids: Any, data: Any, req: SocketLike | None = None) -> None:
-        self._call("publish", ids, data, req)
+    def publish(
+        self, ids: Any, data: Any, req: SocketLike | None = None, *, receipt: bool = False
+    ) -> Any:
+        identity, pk = self.identity, self.primary_key
+
+        async def call(cluster: Cluster) -> Any:
+            model = cluster.model(identity, primary_key=pk)
+            return await model.publish(ids, data, req, receipt=receipt)
+
+        return self._cluster.run(call)
 
     def publish_create(self, record: dict[str, Any], req: SocketLike | None = None) -> None:
         self._call("publish_create", record, req)

@@ -351,3 +351,22 @@ def test_publish_add_and_remove(cluster: Cluster, sdk: Flavour) -> None:
     m.publish_remove(30, "pets", "p2", a.id)
     expect(b, ident, {"id": 30, "verb": "removedFrom", "attribute": "pets", "removedId": "p2"})
     assert_only_marker(sdk, a, b)
+
+
+def test_publish_can_return_a_receipt(cluster: Cluster, sdk: Flavour) -> None:
+    ident = fresh_identity()
+    m = sdk.model(ident)
+    a, b, c = cluster.ws(0), cluster.ws(1), cluster.ws(0)
+    m.subscribe(a.id, [1, 2])
+    m.subscribe(b.id, 1)
+    m.subscribe(c.id, 2)
+    # Records 1 and 2 share a: once per socket, and the requester is left out and counted.
+    receipt = m.publish([1, 2], {"n": 1}, Request(c.id), receipt=True)
+    assert (receipt.sockets, receipt.omitted) == (2, 1), receipt
+    assert receipt.gateways == 2
+    expect(a, ident, {"n": 1})
+    expect(b, ident, {"n": 1})
+    assert m.publish(1, {"n": 2}) is None  # without receipt: nothing to return
+    expect(a, ident, {"n": 2})
+    expect(b, ident, {"n": 2})
+    assert_only_marker(sdk, a, b, c)
