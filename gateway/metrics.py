@@ -73,7 +73,9 @@ class GatewayMetrics:
             "dropped_total", "Frames dropped before reaching a client, by reason.", ("reason",)
         )
         self.lost = counter(
-            "lost_total", "Messages from the router missing in the sequence (then resync)."
+            "lost_total",
+            "Messages from the router lost: missing in the sequence, or discarded with the rest "
+            "of a broken stream until the resync.",
         )
         self.wire_errors = counter("wire_errors_total", "Undecodable messages from the router.")
         self.resyncs = counter("resyncs_total", "Completed resyncs with the router.")

@@ -47,6 +47,7 @@ log = logging.getLogger("roomcast.gateway.upstream")
 
 _GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
 SUB_BATCH = 64
+_MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is given
 
 
 class UpstreamHandler(Protocol):
@@ -223,8 +224,15 @@ class Upstream:
         if seq != self._expected_seq:
             if seq < self._expected_seq:
                 return  # a duplicate from before our last Hello
-            self.metrics.lost.inc(seq - self._expected_seq)
-            log.warning("lost %d messages from the router: resyncing", seq - self._expected_seq)
+            gap = seq - self._expected_seq
+            if gap > _MAX_PLAUSIBLE_GAP:
+                # Not a gap a router can make (its queues hold far less): a corrupt or foreign
+                # frame. Count one loss rather than poisoning the counter, and resync anyway.
+                log.warning("implausible sequence jump of %d from the router: resyncing", gap)
+                gap = 1
+            else:
+                log.warning("lost %d messages from the router: resyncing", gap)
+            self.metrics.lost.inc(gap)
             self._restart("sequence gap")
             return
         self._expected_seq = seq + 1
