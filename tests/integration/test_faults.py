@@ -371,6 +371,11 @@ class SeqPublisher:
         self._task = asyncio.ensure_future(self._run())
         return self
 
+    async def flowing(self, count: int = 10) -> None:
+        """Wait (with a deadline) until the router accepted ``count`` messages: traffic is in
+        flight before the fault, without a settle-sleep."""
+        await poll(lambda: len(self.accepted) >= count, 10 * T, 0.01, what="the publisher flowing")
+
     async def _run(self) -> None:
         while not self._stop.is_set():
             self.seq += 1
@@ -451,7 +456,7 @@ async def _router_restart(
         watched_rooms = rooms[:10]
         watched = [c for r in watched_rooms for c in fleet.in_room(r)]
         publisher = SeqPublisher(publisher_sdk, watched_rooms).start()
-        await asyncio.sleep(0.5)
+        await publisher.flowing(20)
 
         # A call in flight when the router dies ends in Timeout, and is never replayed to the
         # next router: freeze the router, send a join, then kill it.
@@ -462,7 +467,7 @@ async def _router_restart(
         inflight = asyncio.ensure_future(
             inflight_sdk.sockets.join(fleet.clients[0].socket_id, ghost_room)
         )
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # one loop turn: the join's command is sent (sends are synchronous)
         offsets = [g.proc.log_size() for g in gws]
         killed_at = time.monotonic()
         await asyncio.to_thread(router.kill)
@@ -593,7 +598,7 @@ async def _gateway_death(router: Proc, gws: list[Gw]) -> dict[str, Any]:
         await fleet.open(gws, 60, rooms)
         assert not await check_exact(sdk, fleet, rooms)
         publisher = SeqPublisher(pub_sdk, rooms).start()
-        await asyncio.sleep(0.3)
+        await publisher.flowing()
         victim, survivor = gws[1], gws[0]
         dead = fleet.on(victim.name)
         killed_at = time.monotonic()
@@ -657,7 +662,7 @@ async def _partition(router: Proc, gws: list[Gw]) -> dict[str, Any]:
             "roomcast_router_resets_total"
         )
         publisher = SeqPublisher(pub_sdk, rooms).start()
-        await asyncio.sleep(0.3)
+        await publisher.flowing()
         offset = victim.proc.log_size()
         stopped_at = time.monotonic()
         os.kill(victim.proc.popen.pid, signal.SIGSTOP)
@@ -673,7 +678,9 @@ async def _partition(router: Proc, gws: list[Gw]) -> dict[str, Any]:
 
             await poll(expired, 10 * GATEWAY_TIMEOUT * T, 0.02, what="the router expiring it")
             expiry_s = time.monotonic() - stopped_at
-            await asyncio.sleep(HEARTBEAT)  # stay partitioned a little past the expiry
+            # The fault's duration, not a wait for state: hold the partition until a heartbeat
+            # past the expiry.
+            await asyncio.sleep(HEARTBEAT)
         finally:
             os.kill(victim.proc.popen.pid, signal.SIGCONT)
         resumed_at = time.monotonic()
@@ -782,8 +789,10 @@ async def _overflow(router: Proc, gws: list[Gw]) -> dict[str, Any]:
                 sent_to_overflow += 1000
             overflowed_at = time.monotonic()
             await burst(200)  # a few more while the pipe is full
-            # Stay stalled past the healthy gateway's router timeout: its beats must go on.
-            while time.monotonic() - overflowed_at < ROUTER_TIMEOUT + 2 * HEARTBEAT:
+            # Stay stalled until past the healthy gateway's router timeout (the fault's duration,
+            # not a wait for state): its beats must go on meanwhile.
+            until = overflowed_at + ROUTER_TIMEOUT + 2 * HEARTBEAT
+            while time.monotonic() < until:
                 await asyncio.sleep(0.1)
             assert await readyz(healthy) == 200, "the healthy gateway lost the router"
         finally:
