@@ -28,6 +28,7 @@ from roomcast.core.errors import (
     BadRequest,
     InternalError,
     NoWorker,
+    PayloadTooLarge,
     RoomcastError,
     RouterPassive,
     RouterUnavailable,
@@ -53,6 +54,8 @@ log = logging.getLogger("roomcast.router")
 # Gateways set their DEALER routing id to this prefix + their id, so the router knows which
 # gateway (and topic) a command came from even when it has forgotten that gateway.
 GATEWAY_ID_PREFIX = b"gw:"
+MAX_PRESENCE_USER_BYTES = 256
+MAX_PRESENCE_META_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -404,6 +407,11 @@ class Router:
         raise BadRequest("unknown query kind")
 
     def _set_presence(self, identity: bytes, gateway: str | None, msg: wire.SetPresence) -> None:
+        # Small by design: presence lives in router memory for every connection.
+        if len(msg.user.encode()) > MAX_PRESENCE_USER_BYTES:
+            raise BadRequest(f"a presence user id is at most {MAX_PRESENCE_USER_BYTES} bytes")
+        if len(msg.meta) > MAX_PRESENCE_META_BYTES:
+            raise PayloadTooLarge(size=len(msg.meta), limit=MAX_PRESENCE_META_BYTES)
         if msg.meta:
             try:
                 json.loads(msg.meta)

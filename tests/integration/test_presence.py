@@ -1072,3 +1072,17 @@ def test_figures_memory_per_member_and_throughput_with_presence_on_and_off() -> 
             "cpus": os.cpu_count(),
         },
     )
+
+
+def test_presence_identities_are_bounded(pc: PresenceCluster) -> None:
+    from roomcast import BadRequest, PayloadTooLarge
+
+    client = pc.ws_as(0)
+    with pytest.raises(PayloadTooLarge):
+        pc.sdk.sockets.set_presence(client.id, "ada", {"blob": "x" * 2000})
+    with pytest.raises(BadRequest):
+        pc.sdk.sockets.set_presence(client.id, "u" * 300)
+    pc.sdk.sockets.set_presence(client.id, "ada", {"tab": 1})  # within bounds: accepted
+    room = fresh_room("bounded")
+    client.join(room)
+    assert pc.sdk.sockets.presence(room) == {"ada": {"connections": 1, "meta": {"tab": 1}}}
