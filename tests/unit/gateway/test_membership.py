@@ -21,13 +21,16 @@ def build(spec: Mapping[str, Iterable[str]]) -> LocalRooms:
 
 
 def assert_consistent(lr: LocalRooms) -> None:
-    """The two indexes agree and no empty room entry is left behind."""
+    """The two indexes agree, no empty room entry is left behind, and own-id rooms are implicit
+    (never stored: an idle socket costs no set) yet always reported."""
     for room, members in lr._rooms.items():
         assert members, f"empty room entry {room!r}"
         for sid in members:
             assert room in lr._sockets[sid]
+            assert room != sid, f"{sid}'s own room stored explicitly"
     for sid, rooms in lr._sockets.items():
-        assert sid in rooms, f"{sid} lost its own room"
+        assert sid in lr.rooms_of(sid), f"{sid} lost its own room"
+        assert sid in lr.targets([sid]), f"{sid} not a target of its own room"
         for room in rooms:
             assert sid in lr._rooms[room]
 
@@ -71,7 +74,7 @@ def test_remove_socket_leaves_every_room_and_drops_empty_rooms() -> None:
     assert len(lr) == 1
     assert lr.rooms_of("s1") == set()
     assert lr.targets(["a", "b", "s1"]) == {"s2"}
-    assert set(lr._rooms) == {"b", "s2"}  # no empty entries left behind
+    assert set(lr._rooms) == {"b"}  # no empty entries left behind (own rooms are implicit)
     assert_consistent(lr)
 
 
