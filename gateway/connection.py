@@ -241,11 +241,55 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.gateway.mark_dirty(self)
 
 
+# How long a connection closed for an oversize frame keeps reading (and dropping) what its
+# client still sends, so that closing does not reset it and lose the 1009 close frame.
+_LINGER_S = 2.0
+_LINGERING: set[asyncio.Task[None]] = set()
+
+
 class _Protocol(tornado.websocket.WebSocketProtocol13):
     handler: Connection
+    _lingering = False
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        # Tornado closes with 1009 itself when a frame is over the limit: record why.
-        if code == CloseCode.MESSAGE_TOO_BIG and self.handler._close_reason is None:
-            self.handler._close_reason = "frame_too_big"
+        if self._lingering:
+            return  # the close frame is out; the linger task closes the stream
+        if code == CloseCode.MESSAGE_TOO_BIG:
+            # Tornado closes with 1009 itself when a frame is over the limit: record why, and
+            # linger instead of the abort that follows (a client still sending its oversize
+            # frame would otherwise get a reset instead of our close frame).
+            if self.handler._close_reason is None:
+                self.handler._close_reason = "frame_too_big"
+            super().close(code, reason)
+            self._linger()
+            return
         super().close(code, reason)
+
+    def _abort(self) -> None:
+        if self._lingering:
+            self.client_terminated = self.server_terminated = True
+            return
+        super()._abort()
+
+    def _linger(self) -> None:
+        stream = self.stream
+        if stream is None or stream.closed():
+            return
+        self._lingering = True
+        task = asyncio.ensure_future(self._drain(stream))
+        _LINGERING.add(task)
+        task.add_done_callback(_LINGERING.discard)
+
+    async def _drain(self, stream: tornado.iostream.IOStream) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LINGER_S
+        try:
+            while loop.time() < deadline:
+                await asyncio.wait_for(
+                    stream.read_bytes(65536, partial=True), deadline - loop.time()
+                )
+        except (tornado.iostream.StreamClosedError, TimeoutError):
+            pass
+        finally:
+            self._lingering = False
+            stream.close()
