@@ -20,7 +20,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from roomcast.flags import EnvArgumentParser, print_ready
@@ -153,17 +153,6 @@ def _bench(ns: argparse.Namespace) -> int:
     from roomcast.bench import main as bench_main
 
     return bench_main(ns.args)
-
-
-def _placeholder(what: str) -> Callable[[argparse.Namespace], int]:
-    def handler(ns: argparse.Namespace) -> int:
-        print(
-            f"roomcast {ns.command}: {what} are not available yet in this version of roomcast",
-            file=sys.stderr,
-        )
-        return 2
-
-    return handler
 
 
 # -- roomcast dev -----------------------------------------------------------------------------
