@@ -569,16 +569,7 @@ class Sockets:
         :class:`Receipt` (exact socket counts), and with ``confirm=True`` too, only once every
         gateway confirmed it queued the message (or ``confirm_timeout`` passed).
         """
-        msg = wire.Publish(
-            ref=self._link.next_ref(),
-            rooms=tuple(_room_list(rooms)),
-            event=_event(event),
-            data=encode_json(data),
-            omit=_omit(omit),
-            **_receipt_fields(receipt, confirm, confirm_timeout),
-        )
-        reply = await self._link.call(msg, wait=confirm_timeout if confirm else 0.0)
-        return _publish_result(reply, receipt, confirm)
+        return await self.publish(rooms, event, data, omit, receipt, confirm, confirm_timeout)
 
     @overload
     async def blast(
@@ -613,9 +604,24 @@ class Sockets:
         confirm_timeout: float = 5.0,
     ) -> int | Receipt:
         """Send ``event`` to every connected socket in the cluster except ``omit``."""
+        return await self.publish(None, event, data, omit, receipt, confirm, confirm_timeout)
+
+    async def publish(
+        self,
+        rooms: Rooms | None,
+        event: str,
+        data: object,
+        omit: SocketsLike | None,
+        receipt: bool,
+        confirm: bool,
+        confirm_timeout: float,
+    ) -> int | Receipt:
+        """What broadcast (``rooms``) and blast (``None``) share; one signature whatever the
+        receipt flags, so SyncSockets can forward to it without the overloads."""
         msg = wire.Publish(
             ref=self._link.next_ref(),
-            everyone=True,
+            rooms=() if rooms is None else tuple(_room_list(rooms)),
+            everyone=rooms is None,
             event=_event(event),
             data=encode_json(data),
             omit=_omit(omit),

@@ -250,20 +250,7 @@ class SyncSockets:
     ) -> int | Receipt:
         """See :meth:`roomcast.cluster.Sockets.broadcast`."""
 
-        async def call(c: Cluster) -> int | Receipt:
-            if receipt or confirm:
-                return await c.sockets.broadcast(
-                    rooms,
-                    event,
-                    data,
-                    omit=omit,
-                    receipt=True,
-                    confirm=confirm,
-                    confirm_timeout=confirm_timeout,
-                )
-            return await c.sockets.broadcast(rooms, event, data, omit=omit)
-
-        return self._cluster.run(call, wait=confirm_timeout if confirm else 0.0)
+        return self._publish(rooms, event, data, omit, receipt, confirm, confirm_timeout)
 
     @overload
     def blast(
@@ -299,19 +286,21 @@ class SyncSockets:
     ) -> int | Receipt:
         """See :meth:`roomcast.cluster.Sockets.blast`."""
 
-        async def call(c: Cluster) -> int | Receipt:
-            if receipt or confirm:
-                return await c.sockets.blast(
-                    event,
-                    data,
-                    omit=omit,
-                    receipt=True,
-                    confirm=confirm,
-                    confirm_timeout=confirm_timeout,
-                )
-            return await c.sockets.blast(event, data, omit=omit)
+        return self._publish(None, event, data, omit, receipt, confirm, confirm_timeout)
 
-        return self._cluster.run(call, wait=confirm_timeout if confirm else 0.0)
+    def _publish(
+        self,
+        rooms: Rooms | None,
+        event: str,
+        data: object,
+        omit: SocketsLike | None,
+        receipt: bool,
+        confirm: bool,
+        confirm_timeout: float,
+    ) -> int | Receipt:
+        args = (rooms, event, data, omit, receipt, confirm, confirm_timeout)
+        wait = confirm_timeout if confirm else 0.0
+        return self._cluster.run(lambda c: c.sockets.publish(*args), wait=wait)
 
     def presence(self, room: str) -> dict[str, dict[str, Any]]:
         return self._cluster.run(lambda c: c.sockets.presence(room))
