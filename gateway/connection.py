@@ -12,21 +12,25 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import tornado.iostream
 import tornado.websocket
+from tornado.iostream import IOStream, StreamClosedError
 
 from gateway.frames import text_frame
-from gateway.hub import Gateway
 from gateway.policy import ANONYMOUS, Identity
 from gateway.ratelimit import RateLimit
-from gateway.sendqueue import SendQueue
+from gateway.sendqueue import FIRST, REFUSED, SendQueue
 from gateway.tokens import TokenError
 from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import RoomcastError
 
-__all__ = ["Connection"]
+if TYPE_CHECKING:
+    from gateway.hub import Gateway
+
+__all__ = ["Connection", "write_queued"]
 
 
 class Connection(tornado.websocket.WebSocketHandler):
@@ -46,12 +50,12 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.registered = False  # the router knows this socket
         self.welcomed = False  # the client knows its id: deliveries may flow
         self.hooking = False  # the connect hook (beforeConnect) is deciding
-        self._dirty = False
-        self._close_reason: str | None = None
+        # Why the server is closing it (metric label); Tornado's close_reason is the client's.
+        self.close_cause: str | None = None
 
     @property
     def closing(self) -> bool:
-        return self._close_reason is not None
+        return self.close_cause is not None
 
     # --- protocol hooks --------------------------------------------------------------------
 
@@ -115,7 +119,7 @@ class Connection(tornado.websocket.WebSocketHandler):
     def refuse_token(self) -> None:
         """Close a connection whose token was refused (1008, the reason in the close frame)."""
         self.gateway.reject("token")
-        self._close_reason = "token"
+        self.close_cause = "token"
         self.gateway.count_disconnect("token")
         self.write_queued()
         self.close(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
@@ -157,7 +161,7 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.queue.discard()
-        reason = self._close_reason
+        reason = self.close_cause
         if reason is None or reason == "frame_too_big":
             # Client-initiated, or Tornado's own 1009: not counted by disconnect().
             self.gateway.count_disconnect(reason or "client")
@@ -165,10 +169,10 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def disconnect(self, code: int, reason: str) -> None:
         """Server-initiated close with a documented code (the close frame follows queued data)."""
-        if self._close_reason is not None:
+        if self.close_cause is not None:
             return
         self.goodbye()
-        self._close_reason = reason
+        self.close_cause = reason
         # Counted now, not when Tornado finally closes: a client that stops reading takes
         # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
         self.gateway.count_disconnect(reason)
@@ -177,7 +181,7 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def fail(self, ref: object, err: RoomcastError) -> None:
         self.gateway.count_error(err)
-        if self.ws_connection is not None and self._close_reason is None:
+        if self.ws_connection is not None and self.close_cause is None:
             self.report_error(ref, err)
 
     # --- outbound --------------------------------------------------------------------------
@@ -186,59 +190,71 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.push(text_frame(payload))
 
     def push(self, frame: bytes) -> None:
-        if self._close_reason is not None:
+        """Queue one frame for the next write (deliveries take the inlined path in the hub)."""
+        if self.close_cause is not None:
             return
-        if not self.queue.push(frame):
-            dropped = self.queue.discard() + 1
-            self.gateway.metrics.dropped.labels("slow_consumer").inc(dropped)
-            self.disconnect(CloseCode.SLOW_CONSUMER, "slow_consumer")
-            return
-        if not self._dirty:
-            self._dirty = True
+        queued = self.queue.push(frame)
+        if queued == FIRST:
             self.gateway.mark_dirty(self)
+        elif queued == REFUSED:
+            self.overflow()
+
+    def overflow(self) -> None:
+        """The send queue is over its bound: cut the slow consumer (4001)."""
+        dropped = self.queue.discard() + 1
+        self.gateway.metrics.dropped.labels("slow_consumer").inc(dropped)
+        self.disconnect(CloseCode.SLOW_CONSUMER, "slow_consumer")
 
     def write_queued(self) -> int:
         """Hand everything queued to the stream in one write; returns the bytes written."""
-        self._dirty = False
-        ws = self.ws_connection
-        if ws is None:
-            return 0
-        data = self.queue.take()
+        return write_queued((self,))[1]
+
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        if fut.exception() is None and self.queue.written():
+            self.gateway.mark_dirty(self)
+
+
+def write_queued(conns: Iterable[Connection]) -> tuple[int, int]:
+    """Write each connection's queue in one write; returns (writes, bytes).
+
+    Runs once per recipient of every delivery, so it is one loop with one Python call per
+    connection (``take``) besides the ``send`` itself: a write goes straight to the socket when
+    Tornado has nothing buffered, skipping IOStream.write's Future, done-callback and two
+    ``call_soon`` (most of the cost of a write at low rates, where there is nothing to
+    coalesce). Only a remainder the kernel did not take goes through Tornado, in order. The
+    buffered-bytes test reads IOStream's write indices (what ``writing()`` computes, without
+    two calls); Tornado is pinned for it and tests/component/test_tornado_internals.py checks it.
+    """
+    writes = nbytes = 0
+    for conn in conns:
+        queue = conn.queue
+        data = queue.take()
         if data is None:
-            return 0
-        stream: tornado.iostream.IOStream | None = ws.stream
+            continue
+        ws = conn.ws_connection
+        stream = ws.stream if ws is not None else None
         if stream is None:
-            return 0
+            continue  # closed meanwhile: nothing can be written
         size = len(data)
-        if type(stream) is tornado.iostream.IOStream and not stream.writing():
-            # Fast path: nothing is buffered in Tornado, so send straight to the socket and skip
-            # IOStream.write's Future, done-callback and two call_soon per write (most of the
-            # cost of a write at low rates, where there is nothing to coalesce). Only a
-            # remainder the kernel did not take goes through Tornado, in order.
+        writes += 1
+        nbytes += size
+        if stream._total_write_index == stream._total_write_done_index and type(stream) is IOStream:
             try:
                 sent = stream.socket.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                return 0  # the connection is broken; Tornado's reader will close it
+                continue  # the connection is broken; Tornado's reader will close it
             if sent == size:
-                self.queue.written()
-                return size
+                continue
             data = data[sent:]
         try:
             fut = stream.write(data)
-        except tornado.iostream.StreamClosedError:
-            return 0
-        fut.add_done_callback(self._written)
-        return size
-
-    def _written(self, fut: asyncio.Future[None]) -> None:
-        if fut.exception() is not None:
-            return
-        self.queue.written()
-        if not self.queue.idle and not self._dirty:
-            self._dirty = True
-            self.gateway.mark_dirty(self)
+        except StreamClosedError:
+            continue
+        queue.sending(len(data))
+        fut.add_done_callback(conn._written)
+    return writes, nbytes
 
 
 # How long a connection closed for an oversize frame keeps reading (and dropping) what its
@@ -258,8 +274,8 @@ class _Protocol(tornado.websocket.WebSocketProtocol13):
             # Tornado closes with 1009 itself when a frame is over the limit: record why, and
             # linger instead of the abort that follows (a client still sending its oversize
             # frame would otherwise get a reset instead of our close frame).
-            if self.handler._close_reason is None:
-                self.handler._close_reason = "frame_too_big"
+            if self.handler.close_cause is None:
+                self.handler.close_cause = "frame_too_big"
             super().close(code, reason)
             self._linger()
             return

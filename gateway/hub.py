@@ -13,23 +13,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
 from gateway.config import GatewayConfig
+from gateway.connection import Connection, write_queued
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
 from gateway.policy import ANONYMOUS, Identity, RoomPolicy
+from gateway.sendqueue import FIRST, REFUSED
 from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import Forbidden, RoomcastError
-
-if TYPE_CHECKING:
-    from gateway.connection import Connection
 
 __all__ = ["Gateway"]
 
@@ -273,19 +272,30 @@ class Gateway:
         else:
             targets = self.local.targets(msg.rooms, msg.omit)
         # One frame per client protocol, built on first use and shared by every recipient.
+        # This loop runs once per recipient: Connection.push inlined to one call per socket.
         frames: dict[type, bytes] = {}
         history = _history_json(msg.offsets) if msg.offsets else b""
         conns = self.conns
+        dirty = self._dirty  # written at the end of the router batch (on_batch_end)
+        kind: type | None = None
+        frame = b""
         sent = 0
         for sid in targets:
             conn = conns.get(sid)
-            if conn is None or not conn.welcomed:
+            if conn is None or not conn.welcomed or conn.close_cause is not None:
                 continue
-            kind = type(conn)
-            frame = frames.get(kind)
-            if frame is None:
-                frame = frames[kind] = conn.event_frame(msg.event, msg.data, history)
-            conn.push(frame)
+            if type(conn) is not kind:
+                kind = type(conn)
+                cached = frames.get(kind)
+                if cached is None:
+                    cached = frames[kind] = conn.event_frame(msg.event, msg.data, history)
+                frame = cached
+            queued = conn.queue.push(frame)
+            if queued == FIRST:
+                dirty.append(conn)
+            elif queued == REFUSED:
+                conn.overflow()
+                continue
             sent += 1
         if sent:
             self.metrics.messages_out.inc(sent)
@@ -338,13 +348,7 @@ class Gateway:
     def flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
-        writes = 0
-        nbytes = 0
-        for conn in dirty:
-            n = conn.write_queued()
-            if n:
-                writes += 1
-                nbytes += n
+        writes, nbytes = write_queued(dirty)
         if writes:
             self.metrics.writes.inc(writes)
             self.metrics.bytes_out.inc(nbytes)

@@ -1,57 +1,68 @@
 """A bounded per-connection send queue that coalesces frames into one write.
 
-Pure: the shell pushes pre-built frames, takes everything pending as one ``bytes`` when the
-previous write finished, and reports completion. At most one write is in flight per connection,
-so queued bytes are visible here (not hidden in the stream's buffer) and bounded: ``push``
-returns False once pending + in-flight bytes exceed the limit, and the shell closes the
-connection with 4001 (slow consumer).
+Pure: the shell pushes pre-built frames and takes everything pending as one ``bytes``. Most
+writes go straight to the kernel and are done when taken; only bytes the kernel did not accept
+are handed to Tornado and stay *in flight* (``sending``) until Tornado reports them flushed
+(``written``). At most one such write is in flight, so queued bytes are visible here (not
+hidden in the stream's buffer) and bounded: ``push`` refuses a frame once pending + in-flight
+bytes would exceed the limit, and the shell closes the connection with 4001 (slow consumer).
+
+The API is shaped for the delivery loop, which runs once per recipient per message: one call to
+queue a frame (``push`` also says whether a write must be scheduled) and one to take the write.
 """
 
 from __future__ import annotations
 
-__all__ = ["SendQueue"]
+__all__ = ["FIRST", "QUEUED", "REFUSED", "SendQueue"]
+
+# What push() did with a frame.
+REFUSED = 0  # over the bound: not queued
+QUEUED = 1  # queued behind frames already waiting for a write (or behind one in flight)
+FIRST = 2  # queued, and nothing else waits: the shell must schedule a write
 
 
 class SendQueue:
-    __slots__ = ("_frames", "inflight", "limit", "pending", "queued_frames")
+    __slots__ = ("_frames", "inflight", "limit", "pending")
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit = limit_bytes
         self._frames: list[bytes] = []
-        self.pending = 0  # bytes queued, not yet handed to the stream
+        self.pending = 0  # bytes queued, not yet taken
         self.inflight = 0  # bytes handed to the stream, not yet flushed to the kernel
-        self.queued_frames = 0
 
-    def push(self, frame: bytes) -> bool:
-        """Queue one frame; False when the bound is exceeded (the frame is not queued)."""
+    def push(self, frame: bytes) -> int:
+        """Queue one frame: FIRST, QUEUED or REFUSED (over the bound; the frame is dropped)."""
         size = len(frame)
         if self.pending + self.inflight + size > self.limit:
-            return False
-        self._frames.append(frame)
+            return REFUSED
+        frames = self._frames
+        frames.append(frame)
         self.pending += size
-        return True
+        return QUEUED if self.inflight or len(frames) > 1 else FIRST
 
     def take(self) -> bytes | None:
         """Everything pending as one write, or None if a write is in flight or nothing waits."""
-        if self.inflight or not self._frames:
-            return None
         frames = self._frames
+        if self.inflight or not frames:
+            return None
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        self.queued_frames = len(frames)
-        self._frames = []
-        self.inflight = self.pending
+        frames.clear()
         self.pending = 0
         return data
 
-    def written(self) -> None:
-        """The in-flight write reached the kernel."""
+    def sending(self, size: int) -> None:
+        """``size`` bytes of the last take are handed to the stream (the kernel was full)."""
+        self.inflight = size
+
+    def written(self) -> bool:
+        """The in-flight write reached the kernel; True if more waits to be taken."""
         self.inflight = 0
-        self.queued_frames = 0
+        return bool(self._frames)
 
     def discard(self) -> int:
         """Drop everything pending (connection is being cut); returns frames dropped."""
         dropped = len(self._frames)
-        self._frames = []
+        self._frames.clear()
         self.pending = 0
         return dropped
 

@@ -6,19 +6,14 @@ from typing import Any
 
 import pytest
 
-from gateway.sendqueue import SendQueue
+from gateway.sendqueue import FIRST, QUEUED, REFUSED, SendQueue
 
 
 def state(q: SendQueue) -> dict[str, Any]:
-    return {
-        "pending": q.pending,
-        "inflight": q.inflight,
-        "queued_frames": q.queued_frames,
-        "idle": q.idle,
-    }
+    return {"pending": q.pending, "inflight": q.inflight, "idle": q.idle}
 
 
-EMPTY = {"pending": 0, "inflight": 0, "queued_frames": 0, "idle": True}
+EMPTY = {"pending": 0, "inflight": 0, "idle": True}
 
 
 def test_new_queue_is_idle() -> None:
@@ -30,89 +25,104 @@ def test_new_queue_is_idle() -> None:
 
 
 # A script of calls on SendQueue(10) and what each returns, then the state at the end.
-# ("push", frame) -> bool; ("take",) -> bytes | None; ("written",) -> None; ("discard",) -> int
+# ("push", frame) -> FIRST | QUEUED | REFUSED; ("take",) -> bytes | None;
+# ("sending", n) -> None; ("written",) -> bool; ("discard",) -> int
 SCRIPTS: list[Any] = [
     pytest.param(
-        [("push", b"abc", True)],
-        {"pending": 3, "inflight": 0, "queued_frames": 0, "idle": False},
-        id="push-pending",
+        [("push", b"abc", FIRST)],
+        {"pending": 3, "inflight": 0, "idle": False},
+        id="first-frame-asks-for-a-write",
     ),
     pytest.param(
-        [("push", b"x" * 10, True)],
-        {"pending": 10, "inflight": 0, "queued_frames": 0, "idle": False},
+        [("push", b"a", FIRST), ("push", b"b", QUEUED)],
+        {"pending": 2, "inflight": 0, "idle": False},
+        id="second-frame-joins-the-scheduled-write",
+    ),
+    pytest.param(
+        [("push", b"x" * 10, FIRST)],
+        {"pending": 10, "inflight": 0, "idle": False},
         id="push-exactly-the-limit",
     ),
     pytest.param(
-        [("push", b"x" * 11, False)],
+        [("push", b"x" * 11, REFUSED)],
         EMPTY,
         id="frame-over-the-limit-never-fits",
     ),
     pytest.param(
-        [("push", b"x" * 6, True), ("push", b"y" * 5, False), ("push", b"z" * 4, True)],
-        {"pending": 10, "inflight": 0, "queued_frames": 0, "idle": False},
+        [("push", b"x" * 6, FIRST), ("push", b"y" * 5, REFUSED), ("push", b"z" * 4, QUEUED)],
+        {"pending": 10, "inflight": 0, "idle": False},
         id="refused-frame-is-not-queued",
     ),
     pytest.param(
-        [("push", b"a", True), ("push", b"bc", True), ("push", b"def", True),
+        [("push", b"a", FIRST), ("push", b"bc", QUEUED), ("push", b"def", QUEUED),
          ("take", b"abcdef")],
-        {"pending": 0, "inflight": 6, "queued_frames": 3, "idle": False},
-        id="coalesced-into-one-write",
+        EMPTY,
+        id="coalesced-into-one-write-that-the-kernel-took",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("push", b"d", True), ("take", None)],
-        {"pending": 1, "inflight": 3, "queued_frames": 1, "idle": False},
+        [("push", b"abc", FIRST), ("take", b"abc"), ("push", b"d", FIRST)],
+        {"pending": 1, "inflight": 0, "idle": False},
+        id="after-a-direct-write-the-next-frame-asks-again",
+    ),
+    pytest.param(
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 2, None), ("push", b"d", QUEUED),
+         ("take", None)],
+        {"pending": 1, "inflight": 2, "idle": False},
         id="one-write-in-flight",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("push", b"d", True), ("push", b"e", True),
-         ("written", None), ("take", b"de")],
-        {"pending": 0, "inflight": 2, "queued_frames": 2, "idle": False},
-        id="next-write-after-written",
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 3, None), ("push", b"d", QUEUED),
+         ("push", b"e", QUEUED), ("written", True), ("take", b"de")],
+        EMPTY,
+        id="written-says-more-waits",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("written", None)],
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 3, None), ("written", False)],
         EMPTY,
         id="written-drains",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("written", None), ("take", None)],
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 1, None), ("written", False),
+         ("take", None)],
         EMPTY,
         id="nothing-to-take-after-written",
     ),
     pytest.param(
-        [("push", b"x" * 6, True), ("take", b"x" * 6), ("push", b"y" * 5, False),
-         ("push", b"z" * 4, True)],
-        {"pending": 4, "inflight": 6, "queued_frames": 1, "idle": False},
+        [("push", b"x" * 6, FIRST), ("take", b"x" * 6), ("sending", 6, None),
+         ("push", b"y" * 5, REFUSED), ("push", b"z" * 4, QUEUED)],
+        {"pending": 4, "inflight": 6, "idle": False},
         id="bound-counts-in-flight-bytes",
     ),
     pytest.param(
-        [("push", b"x" * 6, True), ("take", b"x" * 6), ("written", None),
-         ("push", b"y" * 10, True)],
-        {"pending": 10, "inflight": 0, "queued_frames": 0, "idle": False},
+        [("push", b"x" * 6, FIRST), ("take", b"x" * 6), ("sending", 6, None),
+         ("written", False), ("push", b"y" * 10, FIRST)],
+        {"pending": 10, "inflight": 0, "idle": False},
         id="written-frees-the-bound",
     ),
     pytest.param(
-        [("push", b"a", True), ("push", b"b", True), ("discard", 2)],
+        [("push", b"a", FIRST), ("push", b"b", QUEUED), ("discard", 2)],
         EMPTY,
         id="discard-pending",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("push", b"d", True), ("discard", 1)],
-        {"pending": 0, "inflight": 3, "queued_frames": 1, "idle": False},
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 3, None), ("push", b"d", QUEUED),
+         ("discard", 1)],
+        {"pending": 0, "inflight": 3, "idle": False},
         id="discard-keeps-in-flight",
     ),
     pytest.param(
-        [("push", b"abc", True), ("take", b"abc"), ("discard", 0), ("written", None)],
+        [("push", b"abc", FIRST), ("take", b"abc"), ("sending", 3, None), ("discard", 0),
+         ("written", False)],
         EMPTY,
         id="idle-once-in-flight-write-completes",
     ),
     pytest.param(
-        [("push", b"x" * 10, True), ("discard", 1), ("push", b"y" * 10, True)],
-        {"pending": 10, "inflight": 0, "queued_frames": 0, "idle": False},
+        [("push", b"x" * 10, FIRST), ("discard", 1), ("push", b"y" * 10, FIRST)],
+        {"pending": 10, "inflight": 0, "idle": False},
         id="discard-frees-the-bound",
     ),
     pytest.param(
-        [("push", b"a", True), ("discard", 1), ("take", None)],
+        [("push", b"a", FIRST), ("discard", 1), ("take", None)],
         EMPTY,
         id="discarded-frames-are-not-written",
     ),
@@ -128,9 +138,11 @@ def test_scripts(script: list[tuple[Any, ...]], final: dict[str, Any]) -> None:
             result: Any = q.push(args[0])
         elif op == "take":
             result = q.take()
-        elif op == "written":
-            q.written()
+        elif op == "sending":
+            q.sending(args[0])
             result = None
+        elif op == "written":
+            result = q.written()
         else:
             result = q.discard()
         assert result == expected, (step, op)
@@ -148,11 +160,13 @@ def test_frames_keep_their_order_across_writes() -> None:
     q = SendQueue(1000)
     out: list[bytes] = []
     for i in range(20):
-        assert q.push(b"%d;" % i)
+        assert q.push(b"%d;" % i) != REFUSED
         if i % 3 == 0:
             data = q.take()
             if data is not None:
                 out.append(data)
+                if i % 2:
+                    q.sending(len(data))  # the kernel was full: Tornado holds it
         if i % 5 == 0:
             q.written()
     while not q.idle:
@@ -165,5 +179,5 @@ def test_frames_keep_their_order_across_writes() -> None:
 
 def test_zero_limit_refuses_every_frame() -> None:
     q = SendQueue(0)
-    assert q.push(b"x") is False
+    assert q.push(b"x") == REFUSED
     assert q.idle
