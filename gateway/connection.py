@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import tornado.iostream
@@ -30,7 +31,7 @@ from roomcast.core.errors import RoomcastError
 if TYPE_CHECKING:
     from gateway.hub import Gateway
 
-__all__ = ["Connection", "write_queued"]
+__all__ = ["Connection", "fan_out", "write_queued"]
 
 
 class Connection(tornado.websocket.WebSocketHandler):
@@ -52,6 +53,7 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.hooking = False  # the connect hook (beforeConnect) is deciding
         # Why the server is closing it (metric label); Tornado's close_reason is the client's.
         self.close_cause: str | None = None
+        self.sock: socket.socket | None = None  # for direct writes, once open
 
     @property
     def closing(self) -> bool:
@@ -133,6 +135,11 @@ class Connection(tornado.websocket.WebSocketHandler):
         return True
 
     def open(self, *args: str, **kwargs: str) -> None:
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is not None and type(stream) is IOStream:
+            self.sock = stream.socket  # a TLS stream is written through Tornado only
+            if stream.writing():  # the 101 response is not all out: wait for it
+                self.hold(stream.write(b""), 1)
         if self.gateway.draining:
             self.close(CloseCode.GOING_AWAY, "going away")
             return
@@ -185,12 +192,19 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.report_error(ref, err)
 
     # --- outbound --------------------------------------------------------------------------
+    #
+    # Every byte to the client passes the send queue's accounting: frames we write ourselves,
+    # and bytes Tornado holds (a remainder the kernel did not take, or Tornado's own pong or
+    # close frame, see _Protocol._write_frame) count as in flight until Tornado has flushed
+    # them. So when nothing is pending or in flight, the socket may be written directly, in
+    # order, without asking Tornado (whose IOStream.write costs a Future, a done-callback and
+    # two call_soon per write: most of a write's cost at low rates).
 
     def send_payload(self, payload: bytes) -> None:
         self.push(text_frame(payload))
 
     def push(self, frame: bytes) -> None:
-        """Queue one frame for the next write (deliveries take the inlined path in the hub)."""
+        """Queue one frame for the next write (deliveries take fan_out's loop instead)."""
         if self.close_cause is not None:
             return
         queued = self.queue.push(frame)
@@ -209,51 +223,101 @@ class Connection(tornado.websocket.WebSocketHandler):
         """Hand everything queued to the stream in one write; returns the bytes written."""
         return write_queued((self,))[1]
 
-    def _written(self, fut: asyncio.Future[None]) -> None:
-        if fut.exception() is None and self.queue.written():
-            self.gateway.mark_dirty(self)
-
-
-def write_queued(conns: Iterable[Connection]) -> tuple[int, int]:
-    """Write each connection's queue in one write; returns (writes, bytes).
-
-    Runs once per recipient of every delivery, so it is one loop with one Python call per
-    connection (``take``) besides the ``send`` itself: a write goes straight to the socket when
-    Tornado has nothing buffered, skipping IOStream.write's Future, done-callback and two
-    ``call_soon`` (most of the cost of a write at low rates, where there is nothing to
-    coalesce). Only a remainder the kernel did not take goes through Tornado, in order. The
-    buffered-bytes test reads IOStream's write indices (what ``writing()`` computes, without
-    two calls); Tornado is pinned for it and tests/component/test_tornado_internals.py checks it.
-    """
-    writes = nbytes = 0
-    for conn in conns:
-        queue = conn.queue
-        data = queue.take()
-        if data is None:
-            continue
-        ws = conn.ws_connection
-        stream = ws.stream if ws is not None else None
-        if stream is None:
-            continue  # closed meanwhile: nothing can be written
-        size = len(data)
-        writes += 1
-        nbytes += size
-        if stream._total_write_index == stream._total_write_done_index and type(stream) is IOStream:
+    def send_now(self, data: bytes) -> None:
+        """Write ``data`` now; only when nothing is pending or in flight (see above)."""
+        sock = self.sock
+        if sock is not None:
             try:
-                sent = stream.socket.send(data)
+                sent = sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                continue  # the connection is broken; Tornado's reader will close it
-            if sent == size:
-                continue
+                return  # the connection is broken; Tornado's reader will close it
+            if sent == len(data):
+                return
             data = data[sent:]
+        ws = self.ws_connection
+        stream = ws.stream if ws is not None else None
+        if stream is None:
+            return  # closed meanwhile: nothing can be written
         try:
             fut = stream.write(data)
         except StreamClosedError:
+            return
+        self.hold(fut, len(data))
+
+    def hold(self, fut: asyncio.Future[None], size: int) -> None:
+        """Tornado holds ``size`` bytes for us until ``fut``: no direct writes meanwhile."""
+        self.queue.sending(size)
+        fut.add_done_callback(self._written)
+
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        if fut.exception() is not None:
+            return
+        ws = self.ws_connection
+        if ws is None or ws.stream is None or ws.stream.writing():
+            return  # more is buffered: the callback of a later write follows
+        if self.queue.written():
+            self.gateway.mark_dirty(self)
+
+
+def fan_out(
+    conns: dict[str, Connection],
+    targets: Iterable[str],
+    frame_of: Callable[[Connection], bytes],
+    dirty: list[Connection],
+    *,
+    direct: bool,
+) -> tuple[int, int, int]:
+    """Give one delivery to every welcomed target; returns (recipients, writes, bytes written).
+
+    Runs once per recipient of every message, so it is one loop with one Python call per
+    recipient. The frame is built once per client protocol (``frame_of``) and the same bytes
+    go to everyone. With ``direct`` (the router's batch held only this message: nothing to
+    coalesce it with) an idle connection gets it written at once; otherwise it is queued, and
+    connections with a first frame queued are appended to ``dirty`` for one write each at the
+    end of the batch.
+    """
+    frames: dict[type, bytes] = {}
+    kind: type | None = None
+    frame = b""
+    size = sent = writes = nbytes = 0
+    for sid in targets:
+        conn = conns.get(sid)
+        if conn is None or not conn.welcomed or conn.close_cause is not None:
             continue
-        queue.sending(len(data))
-        fut.add_done_callback(conn._written)
+        if type(conn) is not kind:
+            kind = type(conn)
+            cached = frames.get(kind)
+            if cached is None:
+                cached = frames[kind] = frame_of(conn)
+            frame = cached
+            size = len(frame)
+        queue = conn.queue
+        if direct and not queue.pending and not queue.inflight:
+            conn.send_now(frame)
+            writes += 1
+            nbytes += size
+        else:
+            queued = queue.push(frame)
+            if queued == FIRST:
+                dirty.append(conn)
+            elif queued == REFUSED:
+                conn.overflow()
+                continue
+        sent += 1
+    return sent, writes, nbytes
+
+
+def write_queued(conns: Iterable[Connection]) -> tuple[int, int]:
+    """Write each connection's queue in one write; returns (writes, bytes)."""
+    writes = nbytes = 0
+    for conn in conns:
+        data = conn.queue.take()
+        if data is not None:
+            writes += 1
+            nbytes += len(data)
+            conn.send_now(data)
     return writes, nbytes
 
 
@@ -266,6 +330,17 @@ _LINGERING: set[asyncio.Task[None]] = set()
 class _Protocol(tornado.websocket.WebSocketProtocol13):
     handler: Connection
     _lingering = False
+
+    def _write_frame(
+        self, fin: bool, opcode: int, data: bytes, flags: int = 0
+    ) -> asyncio.Future[None]:
+        # Tornado's own frames (pong, close) share the socket with our direct writes: while
+        # any of it is buffered, the send queue must count it in flight.
+        fut = super()._write_frame(fin, opcode, data, flags)
+        stream = self.stream
+        if stream is not None and stream.writing():
+            self.handler.hold(fut, len(data) + 2)
+        return fut
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self._lingering:

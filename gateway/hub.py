@@ -18,12 +18,11 @@ from typing import Any
 import zmq
 
 from gateway.config import GatewayConfig
-from gateway.connection import Connection, write_queued
+from gateway.connection import Connection, fan_out, write_queued
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
 from gateway.policy import ANONYMOUS, Identity, RoomPolicy
-from gateway.sendqueue import FIRST, REFUSED
 from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
@@ -265,38 +264,24 @@ class Gateway:
 
     # --- the router stream (UpstreamHandler) -----------------------------------------------
 
-    def on_deliver(self, msg: wire.Deliver) -> None:
+    def on_deliver(self, msg: wire.Deliver, *, alone: bool) -> None:
+        """One delivery from the router; ``alone``: the only message of its batch."""
         self.metrics.deliveries.inc()
         if msg.everyone:
             targets: Iterable[str] = self.conns.keys() - set(msg.omit) if msg.omit else self.conns
         else:
             targets = self.local.targets(msg.rooms, msg.omit)
-        # One frame per client protocol, built on first use and shared by every recipient.
-        # This loop runs once per recipient: Connection.push inlined to one call per socket.
-        frames: dict[type, bytes] = {}
         history = _history_json(msg.offsets) if msg.offsets else b""
-        conns = self.conns
-        dirty = self._dirty  # written at the end of the router batch (on_batch_end)
-        kind: type | None = None
-        frame = b""
-        sent = 0
-        for sid in targets:
-            conn = conns.get(sid)
-            if conn is None or not conn.welcomed or conn.close_cause is not None:
-                continue
-            if type(conn) is not kind:
-                kind = type(conn)
-                cached = frames.get(kind)
-                if cached is None:
-                    cached = frames[kind] = conn.event_frame(msg.event, msg.data, history)
-                frame = cached
-            queued = conn.queue.push(frame)
-            if queued == FIRST:
-                dirty.append(conn)
-            elif queued == REFUSED:
-                conn.overflow()
-                continue
-            sent += 1
+        sent, writes, nbytes = fan_out(
+            self.conns,
+            targets,
+            lambda conn: conn.event_frame(msg.event, msg.data, history),
+            self._dirty,  # written at the end of the router batch (on_batch_end)
+            direct=alone,
+        )
+        if writes:
+            self.metrics.writes.inc(writes)
+            self.metrics.bytes_out.inc(nbytes)
         if sent:
             self.metrics.messages_out.inc(sent)
         if msg.confirm:

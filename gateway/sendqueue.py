@@ -1,10 +1,10 @@
 """A bounded per-connection send queue that coalesces frames into one write.
 
 Pure: the shell pushes pre-built frames and takes everything pending as one ``bytes``. Most
-writes go straight to the kernel and are done when taken; only bytes the kernel did not accept
-are handed to Tornado and stay *in flight* (``sending``) until Tornado reports them flushed
-(``written``). At most one such write is in flight, so queued bytes are visible here (not
-hidden in the stream's buffer) and bounded: ``push`` refuses a frame once pending + in-flight
+writes go straight to the kernel and are done when taken; bytes the stream holds (what the
+kernel did not accept) stay *in flight* (``sending``) until the stream reports them flushed
+(``written``), and nothing is taken meanwhile, so queued bytes are visible here (not hidden in
+the stream's buffer) and bounded: ``push`` refuses a frame once pending + in-flight
 bytes would exceed the limit, and the shell closes the connection with 4001 (slow consumer).
 
 The API is shaped for the delivery loop, which runs once per recipient per message: one call to
@@ -51,11 +51,11 @@ class SendQueue:
         return data
 
     def sending(self, size: int) -> None:
-        """``size`` bytes of the last take are handed to the stream (the kernel was full)."""
-        self.inflight = size
+        """``size`` more bytes are held by the stream (the kernel did not take them yet)."""
+        self.inflight += size
 
     def written(self) -> bool:
-        """The in-flight write reached the kernel; True if more waits to be taken."""
+        """Everything in flight reached the kernel; True if more waits to be taken."""
         self.inflight = 0
         return bool(self._frames)
 

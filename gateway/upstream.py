@@ -51,7 +51,7 @@ _MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is giv
 
 
 class UpstreamHandler(Protocol):
-    def on_deliver(self, msg: wire.Deliver) -> None: ...
+    def on_deliver(self, msg: wire.Deliver, *, alone: bool) -> None: ...
     def on_member_update(self, msg: wire.MemberUpdate) -> None: ...
     def on_batch_end(self) -> None: ...
     def on_link(self, ready: bool) -> None: ...
@@ -190,16 +190,19 @@ class Upstream:
         # deliveries, so under a backlog the beat alone would arrive late and a busy but
         # healthy link would be reset (dropping the backlog).
         self._last_beat = now
+        alone = len(batch) == 1  # a delivery with nothing to coalesce with: write it at once
         for parts in batch:
             try:
                 topic, seq_frame, body = wire.split_frames(parts)
                 msg = wire.decode(body)
-                self._on_message(topic, seq_frame, msg, now)
+                self._on_message(topic, seq_frame, msg, now, alone)
             except WireError:
                 self.metrics.wire_errors.inc()
         self.handler.on_batch_end()
 
-    def _on_message(self, topic: bytes, seq_frame: bytes, msg: wire.Message, now: float) -> None:
+    def _on_message(
+        self, topic: bytes, seq_frame: bytes, msg: wire.Message, now: float, alone: bool
+    ) -> None:
         if isinstance(msg, wire.RouterBeat):
             self._last_beat = now
             if self.state != "hello" and msg.epoch != self.epoch:
@@ -237,7 +240,7 @@ class Upstream:
             return
         self._expected_seq = seq + 1
         if isinstance(msg, wire.Deliver):
-            self.handler.on_deliver(msg)
+            self.handler.on_deliver(msg, alone=alone)
         elif isinstance(msg, wire.MemberUpdate):
             self.handler.on_member_update(msg)
         elif isinstance(msg, wire.Reply):

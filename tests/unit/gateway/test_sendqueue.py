@@ -100,6 +100,12 @@ SCRIPTS: list[Any] = [
         id="written-frees-the-bound",
     ),
     pytest.param(
+        [("sending", 3, None), ("sending", 2, None), ("push", b"abcde", QUEUED),
+         ("push", b"f", REFUSED), ("take", None), ("written", True), ("take", b"abcde")],
+        EMPTY,
+        id="held-bytes-add-up-until-all-are-written",
+    ),
+    pytest.param(
         [("push", b"a", FIRST), ("push", b"b", QUEUED), ("discard", 2)],
         EMPTY,
         id="discard-pending",
