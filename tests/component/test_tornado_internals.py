@@ -1,10 +1,11 @@
-"""The Tornado internals the gateway's write path reads (gateway.connection.write_queued).
+"""The Tornado behaviour the gateway's direct writes rely on (gateway.connection).
 
-The gateway writes pre-framed bytes straight to a WebSocket connection's socket when Tornado
-has nothing buffered, and decides that from ``WebSocketProtocol13.stream`` and IOStream's two
-write indices rather than ``writing()``. Tornado is pinned for that; these tests fail first if a
-new Tornado moves them: a real server on 127.0.0.1, a raw client that stops reading so the
-kernel fills, then reads everything so Tornado drains.
+The gateway writes pre-framed bytes straight to a WebSocket connection's socket whenever its
+send queue has nothing pending or in flight, and counts in flight whatever Tornado holds: bytes
+handed to ``IOStream.write`` until their Future resolves, and Tornado's own frames, which all
+pass ``WebSocketProtocol13._write_frame``. Tornado is pinned for that; these tests fail first if
+a new Tornado changes it: a real server on 127.0.0.1 and a raw client that stops reading (so
+the kernel fills), pings, then reads everything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import asyncio
 import base64
 import os
 import socket
+import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.httpserver
@@ -21,74 +24,102 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import IOStream
 
-from roomcast.bench.wsclient import handshake_request
+from roomcast.bench.wsclient import client_frame, handshake_request
 from tests.conftest import TIMEOUT_UNIT as T
+
+
+class Recording(tornado.websocket.WebSocketProtocol13):
+    """Records every frame Tornado writes by itself after the handshake."""
+
+    written: list[int]
+
+    def _write_frame(
+        self, fin: bool, opcode: int, data: bytes, flags: int = 0
+    ) -> asyncio.Future[None]:
+        self.written.append(opcode)
+        return super()._write_frame(fin, opcode, data, flags)
 
 
 class Held(tornado.websocket.WebSocketHandler):
     def initialize(self, log: dict[str, Any]) -> None:
         self.log = log
 
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        params = tornado.websocket._WebSocketParams()
+        protocol = Recording(self, False, params)
+        protocol.written = self.log.setdefault("written", [])
+        return protocol
+
     def open(self, *args: str, **kwargs: str) -> None:
         self.log["handler"] = self
 
 
-def buffered(stream: IOStream) -> bool:
-    """What gateway.connection.write_queued tests before writing to the socket directly."""
-    return stream._total_write_index != stream._total_write_done_index
-
-
-async def wait_for(log: dict[str, Any], key: str) -> Any:
+async def until(predicate: Callable[[], bool]) -> None:
     async with asyncio.timeout(5 * T):
-        while key not in log:
+        while not predicate():
             await asyncio.sleep(0.005)
-    return log[key]
 
 
-def test_write_indices_track_what_tornado_buffers() -> None:
+async def with_raw_client(
+    body: Callable[[socket.socket, IOStream, dict[str, Any]], Awaitable[None]],
+) -> None:
     log: dict[str, Any] = {}
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    app = tornado.web.Application([(r"/ws", Held, {"log": log})])
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16))
+        await loop.sock_sendall(client, handshake_request("127.0.0.1", port, "/ws", key))
+        await until(lambda: "handler" in log)
+        stream = log["handler"].ws_connection.stream
+        assert type(stream) is IOStream  # what the gateway's direct path requires
+        await until(lambda: not stream.writing())  # the 101 response is out
+        await body(client, stream, log)
+    finally:
+        client.close()
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), 5 * T)
 
-    async def body() -> None:
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        server = tornado.httpserver.HTTPServer(
-            tornado.web.Application([(r"/ws", Held, {"log": log})])
-        )
-        server.add_sockets(sockets)
-        port = sockets[0].getsockname()[1]
+
+async def read_until_done(client: socket.socket, done: asyncio.Future[None]) -> int:
+    loop = asyncio.get_running_loop()
+    received = 0
+    async with asyncio.timeout(20 * T):
+        while not done.done():
+            chunk = await loop.sock_recv(client, 1 << 20)
+            assert chunk, "server closed"
+            received += len(chunk)
+    await done
+    return received
+
+
+def test_writing_is_true_while_tornado_holds_bytes_and_an_empty_write_waits_for_them() -> None:
+    async def body(client: socket.socket, stream: IOStream, log: dict[str, Any]) -> None:
+        size = 16 << 20
+        done = stream.write(b"x" * size)  # the client does not read: Tornado keeps the rest
+        assert stream.writing()
+        after = stream.write(b"")  # what Connection.open waits on when the 101 is not out
+        assert not after.done()
+        await read_until_done(client, after)
+        assert done.done() and not stream.writing()
+
+    asyncio.run(with_raw_client(body))
+
+
+def test_tornado_writes_its_pong_and_close_through_write_frame() -> None:
+    async def body(client: socket.socket, stream: IOStream, log: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.setblocking(False)
-        try:
-            await loop.sock_connect(client, ("127.0.0.1", port))
-            key = base64.b64encode(os.urandom(16))
-            await loop.sock_sendall(client, handshake_request("127.0.0.1", port, "/ws", key))
-            handler = await wait_for(log, "handler")
-            stream = handler.ws_connection.stream
-            assert type(stream) is IOStream
-            async with asyncio.timeout(5 * T):  # the 101 response leaves Tornado's buffer
-                while buffered(stream):
-                    await asyncio.sleep(0.005)
-            assert not stream.writing()
+        await loop.sock_sendall(client, client_frame(0x9, b"are you there"))
+        await until(lambda: 0xA in log["written"])
+        await loop.sock_sendall(client, client_frame(0x8, struct.pack(">H", 1000)))
+        await until(lambda: 0x8 in log["written"])
+        assert log["written"] == [0xA, 0x8]
 
-            # The client does not read: the kernel takes part, Tornado keeps the rest.
-            size = 16 << 20
-            done = stream.write(b"x" * size)
-            assert buffered(stream) and stream.writing()
-
-            received = 0
-            async with asyncio.timeout(20 * T):
-                while not done.done():
-                    chunk = await loop.sock_recv(client, 1 << 20)
-                    assert chunk, "server closed"
-                    received += len(chunk)
-            await done
-            assert not buffered(stream) and not stream.writing()
-            # Whatever followed the 101 response is the payload, all of it through Tornado.
-            assert received > size - (4 << 20)
-        finally:
-            client.close()
-            server.stop()
-            await asyncio.wait_for(server.close_all_connections(), 5 * T)
-
-    asyncio.run(body())
+    asyncio.run(with_raw_client(body))
