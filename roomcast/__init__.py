@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from roomcast.app import App
-    from roomcast.cluster import Cluster, Receipt
+    from roomcast.cluster import Cluster
     from roomcast.core.errors import (
         ActionFailed,
         BadRequest,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from roomcast.model import Model
     from roomcast.requests import Request, Response
+    from roomcast.sockets import Receipt
     from roomcast.sync import SyncCluster
 
     __version__: str
@@ -91,7 +92,7 @@ _SOURCES: dict[str, str] = {
     "App": "roomcast.app",
     "Model": "roomcast.model",
     "Cluster": "roomcast.cluster",
-    "Receipt": "roomcast.cluster",
+    "Receipt": "roomcast.sockets",
     "SyncCluster": "roomcast.sync",
     "Request": "roomcast.requests",
     "Response": "roomcast.requests",

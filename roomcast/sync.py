@@ -22,10 +22,11 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
-from roomcast.cluster import Cluster, Receipt, Rooms
+from roomcast.cluster import Cluster
 from roomcast.core.errors import StateError, Timeout
 from roomcast.model import Model
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id
+from roomcast.sockets import Receipt, Rooms
 
 __all__ = ["SyncCluster", "SyncModel", "SyncSockets"]
 
@@ -248,7 +249,7 @@ class SyncSockets:
         confirm: bool = False,
         confirm_timeout: float = 5.0,
     ) -> int | Receipt:
-        """See :meth:`roomcast.cluster.Sockets.broadcast`."""
+        """See :meth:`roomcast.sockets.Sockets.broadcast`."""
 
         return self._publish(rooms, event, data, omit, receipt, confirm, confirm_timeout)
 
@@ -284,7 +285,7 @@ class SyncSockets:
         confirm: bool = False,
         confirm_timeout: float = 5.0,
     ) -> int | Receipt:
-        """See :meth:`roomcast.cluster.Sockets.blast`."""
+        """See :meth:`roomcast.sockets.Sockets.blast`."""
 
         return self._publish(None, event, data, omit, receipt, confirm, confirm_timeout)
 

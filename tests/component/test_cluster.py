@@ -581,6 +581,16 @@ def test_top_level_exports() -> None:
     assert issubclass(roomcast.NoSuchSocket, roomcast.RoomcastError)
 
 
+def test_names_split_out_of_roomcast_cluster_still_import_from_it() -> None:
+    from roomcast import cluster, link, sockets
+
+    assert (cluster.Link, cluster.Command) == (link.Link, link.Command)
+    assert (cluster.Sockets, cluster.Receipt) == (sockets.Sockets, sockets.Receipt)
+    assert (cluster.Rooms, cluster.encode_json) == (sockets.Rooms, sockets.encode_json)
+    assert roomcast.Receipt is sockets.Receipt
+    assert set(cluster.__all__) >= {"Cluster", "Link", "Sockets", "Receipt", "encode_json"}
+
+
 # -- SyncCluster --------------------------------------------------------------------------
 
 

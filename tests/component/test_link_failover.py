@@ -1,4 +1,4 @@
-"""roomcast.cluster.Link with a primary/backup pair (``tcp://a,tcp://b``) against fake routers.
+"""roomcast.link.Link with a primary/backup pair (``tcp://a,tcp://b``) against fake routers.
 
 The fake routers (tests/component/test_cluster.py) run on loopback; one plays a standby that
 refuses with ``router_passive``, one an active router, or one is absent (nothing listens).
