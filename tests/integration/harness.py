@@ -14,6 +14,7 @@ Every wait has a deadline in units of ``tests.conftest.TIMEOUT_UNIT`` (scaled by
 from __future__ import annotations
 
 import atexit
+import base64
 import inspect
 import itertools
 import json
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
@@ -361,6 +363,43 @@ def gateway_proc(name: str, router_info: dict[str, Any], *extra: str) -> Proc:
 
 
 # ------------------------------------------------------------------------------ WebSocket client
+
+
+def raw_ws_client(public: str, *, rcvbuf: int | None = None) -> tuple[socket.socket, str, bytes]:
+    """A raw /ws client, welcomed: (socket, its id, bytes received after the welcome frame).
+
+    For tests that need a client that stops reading (a slow client) or looks at the frames
+    themselves; ``rcvbuf`` shrinks its kernel receive buffer before connecting.
+    """
+    parsed = urllib.parse.urlsplit(public)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5 * TIMEOUT_UNIT)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    buf = b""
+    for _ in range(100):  # the 101 response, then the welcome frame (unmasked text)
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep and len(rest) >= 2 and len(rest) >= 2 + (rest[1] & 0x7F):
+            break
+        chunk = sock.recv(4096)
+        assert chunk, f"raw client: connection closed after {buf!r}"
+        buf += chunk
+    else:
+        pytest.fail(f"raw client: no welcome in {buf!r}")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert rest[0] == 0x81 and b'"welcome"' in rest, rest
+    end = 2 + (rest[1] & 0x7F)
+    welcome = json.loads(rest[2:end])
+    return sock, str(welcome["socket"]), rest[end:]
 
 
 class Event(NamedTuple):

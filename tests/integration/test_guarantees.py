@@ -4,12 +4,15 @@ no silent loss, and slow consumers cut with 4001 without blocking anyone else.""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from roomcast.bench.wsclient import client_frame
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import (
@@ -18,6 +21,7 @@ from tests.integration.harness import (
     Event,
     first_order_violation,
     fresh_room,
+    raw_ws_client,
     start_cluster,
 )
 
@@ -209,3 +213,81 @@ def test_slow_consumer_is_cut_with_4001_and_others_keep_receiving(slow_cluster: 
     assert len(got) < sent, "the slow client received everything: it was not cut for slowness"
     assert c.metrics(0).get(SLOW, reason="slow_consumer") == base + 1
     assert c.metrics(1).get(SLOW, reason="slow_consumer") == 0
+
+
+# ------------------------------------------------------------- frames stay whole under pressure
+
+
+def next_frame(data: bytes | bytearray, pos: int) -> tuple[int, bytes, int] | None:
+    """The server frame (unmasked, unfragmented) at ``pos``: (opcode, payload, end), or None
+    while it is incomplete; fails on a torn one."""
+    if len(data) < pos + 2:
+        return None
+    assert data[pos] & 0x80, f"frame at byte {pos} is not final: {bytes(data[pos : pos + 16])!r}"
+    assert data[pos] & 0x70 == 0, f"frame at byte {pos} has reserved bits: {data[pos]:#x}"
+    assert not data[pos + 1] & 0x80, f"server frame at byte {pos} is masked"
+    opcode, n, start = data[pos] & 0x0F, data[pos + 1] & 0x7F, pos + 2
+    if n >= 126:
+        width = 2 if n == 126 else 8
+        if len(data) < start + width:
+            return None
+        n, start = int.from_bytes(data[start : start + width], "big"), start + width
+    if len(data) < start + n:
+        return None
+    return opcode, bytes(data[start : start + n]), start + n
+
+
+@pytest.mark.timeout(60)
+def test_frames_stay_whole_while_the_kernel_is_full_and_tornado_answers_a_ping(
+    cluster: Cluster, sdk: Any
+) -> None:
+    """Deliveries alone in their batch are written straight to the socket, and Tornado writes
+    what the kernel did not take, and its own pong, to the same socket. A client that stops
+    reading fills the kernel, so Tornado holds bytes; it pings, then reads slowly while
+    deliveries keep coming (kernel space frees up while Tornado still holds some): every frame
+    is whole, every event arrived once and in order, and the pong is among them."""
+    sock, sid, rest = raw_ws_client(cluster.gateways[0].public, rcvbuf=4096)
+    count = 300  # 4.8 MB in all, under 1 MB unread at a time (the send queue bound is 4 MiB)
+    data = bytearray(rest)
+    frames: list[tuple[int, bytes]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        deadline = time.monotonic() + 30 * T
+        sock.settimeout(0.2 * T)
+        pos = 0
+        try:
+            while time.monotonic() < deadline and sum(op == 0x1 for op, _ in frames) < count:
+                try:
+                    chunk = sock.recv(1 << 20)  # a slow client: it reads in bursts
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                data.extend(chunk)
+                while (frame := next_frame(data, pos)) is not None:
+                    frames.append(frame[:2])
+                    pos = frame[2]
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=read, name="slow reader", daemon=True)
+    try:
+        room = fresh_room("whole")
+        sdk.sockets.join(sid, room)
+        pad = "x" * 16_000
+        for i in range(count):
+            sdk.sockets.broadcast(room, "whole", {"i": i, "pad": pad})
+            if i == 40:
+                sock.sendall(client_frame(0x9, b"still here"))
+            elif i == 50:
+                reader.start()
+        assert done.wait(30 * T), "the slow reader did not finish"
+    finally:
+        sock.close()
+    pongs = [payload for opcode, payload in frames if opcode == 0xA]
+    events = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+    assert pongs == [b"still here"]
+    assert [e["data"]["i"] for e in events] == list(range(count))
+    assert all(e["event"] == "whole" and e["data"]["pad"] == pad for e in events)
+    assert lost_counts(cluster) == [0, 0]

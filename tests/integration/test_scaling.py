@@ -21,12 +21,9 @@ client is between gateways are not for it: that gap is the reconnect, not a loss
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +42,7 @@ from tests.integration.harness import (
     fresh_room,
     gateway_proc,
     http_get,
+    raw_ws_client,
     start_cluster,
 )
 
@@ -455,34 +453,6 @@ class ReadinessProbe(threading.Thread):
         return self.seen
 
 
-def _stuck_client(public: str) -> socket.socket:
-    """A raw WebSocket client that is welcomed, then never reads nor answers a close: a slow
-    client, the kind that keeps a draining gateway busy until its drain timeout."""
-    parsed = urllib.parse.urlsplit(public)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
-    sock = socket.create_connection((host, port), timeout=5 * T)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    buf = b""
-    for _ in range(100):  # the 101 response, then the welcome frame (unmasked text)
-        head, sep, rest = buf.partition(b"\r\n\r\n")
-        if sep and len(rest) >= 2 and len(rest) >= 2 + (rest[1] & 0x7F):
-            break
-        chunk = sock.recv(4096)
-        assert chunk, f"stuck client: connection closed after {buf!r}"
-        buf += chunk
-    else:
-        pytest.fail(f"stuck client: no welcome in {buf!r}")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    assert rest[0] == 0x81 and b'"welcome"' in rest, rest
-    return sock
-
-
 @pytest.mark.timeout(60)
 def test_sigterm_readiness_fails_first_then_clients_rejoin_on_the_other_gateway() -> None:
     c = start_cluster(gateways=2)
@@ -497,7 +467,7 @@ def test_sigterm_readiness_fails_first_then_clients_rejoin_on_the_other_gateway(
         watcher = WsClient(gw1.ws_url, name="watcher")
         c.clients.append(watcher)
         watcher.join(shared)
-        stuck = _stuck_client(gw0.public)
+        stuck = raw_ws_client(gw0.public)[0]  # never reads nor answers a close
         readyz = gw0.internal + "/readyz"
         assert http_get(readyz)[0] == 200
 
