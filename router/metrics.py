@@ -33,6 +33,11 @@ class RouterMetrics:
         self.refused_peers = counter(
             "refused_peers_total", "Hellos refused for an incompatible protocol version."
         )
+        self.curve_refused = counter(
+            "curve_refused_total",
+            "CURVE handshakes refused, by reason (unauthorized_key, handshake_failed).",
+            ("reason",),
+        )
         self.publishes = counter("publishes_total", "Broadcasts and blasts accepted.")
         self.deliveries = counter(
             "deliveries_total", "Deliver messages handed to gateways (one per gateway per publish)."

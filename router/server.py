@@ -132,7 +132,12 @@ class Router:
         self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
         self._known_workers = 0
         # Its authenticator runs before any bind, so no handshake completes unchecked.
-        self.curve = ServerCurve(ctx, config.curve_secret_key, config.curve_authorized_keys)
+        self.curve = ServerCurve(
+            ctx,
+            config.curve_secret_key,
+            config.curve_authorized_keys,
+            refused=lambda reason: metrics.curve_refused.labels(reason).inc(),
+        )
         self.curve.start()
         self._commands = ctx.socket(zmq.ROUTER)
         self.curve.server.apply(self._commands)

@@ -7,7 +7,10 @@ passes the core join/broadcast test across gateways (through the SDK, through ``
 through the gateway's HTTP API, and through the worker's async and sync clusters). A peer
 without the right key is refused: a gateway with an unauthorized key, with no CURVE at all, or
 expecting another router key never prints READY; SDK clients in those cases get
-``RouterUnavailable`` within their connect timeout. A primary/backup pair links over CURVE.
+``RouterUnavailable`` within their connect timeout. Each refused handshake counts in the
+router's ``roomcast_router_curve_refused_total{reason}`` (an unauthorized key exactly once per
+socket: libzmq does not retry it; the others on every retry), the refused side logs why, and
+the authorized gateways and SDK clients keep working. A primary/backup pair links over CURVE.
 """
 
 from __future__ import annotations
@@ -271,10 +274,46 @@ def assert_never_ready(proc: Proc, window: float) -> None:
         proc.stop()  # SIGTERM -> exit 0 even when never linked
 
 
-@pytest.mark.parametrize(
-    "who",
-    ["unauthorized key", "plain (no CURVE)", "wrong router key"],
-)
+REFUSED = "roomcast_router_curve_refused_total"
+# Why the router refuses each kind of peer (the metric's reason label).
+REASON = {
+    "unauthorized key": "unauthorized_key",
+    "plain (no CURVE)": "handshake_failed",
+    "wrong router key": "handshake_failed",
+}
+# What the refused side logs (a plain peer has no CURVE socket to watch, so it says nothing).
+REFUSED_SIDE_LOG = {
+    "unauthorized key": "router {url} refused our CURVE key (ZAP status 400): our public key is "
+    "not among its authorized keys",
+    "plain (no CURVE)": None,
+    "wrong router key": "CURVE handshake with router {url} failed (the connection closed during "
+    "the handshake): is our curve server key the router's public key?",
+}
+
+
+def refusals(cc: CurveCluster) -> dict[str, float]:
+    metrics = router_metrics(cc.cluster)
+    return {reason: metrics.get(REFUSED, reason=reason) for reason in set(REASON.values())}
+
+
+def assert_refused(cc: CurveCluster, who: str, before: dict[str, float], sockets: int) -> None:
+    """The router counted ``sockets`` refusals (exactly for an unauthorized key)."""
+    reason = REASON[who]
+    deadline_poll(
+        lambda: refusals(cc)[reason] >= before[reason] + sockets,
+        10 * T,
+        message=f"{sockets} {reason} refusals",
+    )
+    after = refusals(cc)
+    if who == "unauthorized key":  # refused once per socket: libzmq does not retry it
+        assert after == {**before, reason: before[reason] + sockets}
+    else:
+        # Another router key: libzmq retries every 100 ms while the peer runs. No CURVE: the
+        # router may hang up before the peer reads why, and then it retries too.
+        assert after["unauthorized_key"] == before["unauthorized_key"]
+
+
+@pytest.mark.parametrize("who", list(REASON))
 def test_gateway_without_the_right_key_never_becomes_ready(cc: CurveCluster, who: str) -> None:
     keys = cc.keys
     extra = {
@@ -282,22 +321,32 @@ def test_gateway_without_the_right_key_never_becomes_ready(cc: CurveCluster, who
         "plain (no CURVE)": [],
         "wrong router key": keys.client_args("gateway", server="intruder"),
     }[who]
-    offset = cc.cluster.router.log_size()
+    before = refusals(cc)
     proc = gateway_proc("gateway-refused", cc.cluster.router.info, *extra)
     assert_never_ready(proc, 3 * T)
-    router_log = cc.cluster.router.log_text()[offset:]
+    # Its DEALER (commands) and its SUB (fanout): two refused handshakes, at least.
+    assert_refused(cc, who, before, sockets=2)
+    router_log = cc.cluster.router.log_text()
+    gateway_log = proc.log_text()
     if who == "unauthorized key":
-        assert "refused a CURVE client" in router_log
-    # Nobody else noticed: the real gateways still serve.
+        # Once per 10 s per reason (an earlier test's line may stand for this one).
+        assert "refused a CURVE client from 127.0.0.1: its public key is not in" in router_log
+    else:
+        assert "refused a CURVE handshake on tcp://" in router_log
+    expected = REFUSED_SIDE_LOG[who]
+    if expected is None:
+        assert "CURVE" not in gateway_log
+    else:
+        assert expected.format(url=cc.commands) in gateway_log, gateway_log
+    # Nobody else noticed: the real gateways still serve, and so does the router.
     for gateway in cc.cluster.gateways:
         assert http_get(gateway.internal + "/readyz")[0] == 200
 
 
-@pytest.mark.parametrize(
-    "who",
-    ["unauthorized key", "plain (no CURVE)", "wrong router key"],
-)
-def test_sdk_without_the_right_key_gets_router_unavailable(cc: CurveCluster, who: str) -> None:
+@pytest.mark.parametrize("who", list(REASON))
+def test_sdk_without_the_right_key_gets_router_unavailable(
+    cc: CurveCluster, sdk: SyncCluster, who: str, caplog: pytest.LogCaptureFixture
+) -> None:
     keys = cc.keys
     kwargs = {
         "unauthorized key": {
@@ -310,14 +359,25 @@ def test_sdk_without_the_right_key_gets_router_unavailable(cc: CurveCluster, who
             "curve_server_key": keys.public("intruder"),
         },
     }[who]
+    before = refusals(cc)
     client = SyncCluster(cc.commands, timeout=2 * T, connect_timeout=1 * T, **kwargs)
     started = time.monotonic()
     try:
         with pytest.raises((RouterUnavailable, Timeout)):
             client.sockets.count(fresh_room())
+        assert_refused(cc, who, before, sockets=1)  # one DEALER
+        expected = REFUSED_SIDE_LOG[who]
+        if expected is not None:
+            line = expected.format(url=cc.commands)
+            deadline_poll(lambda: line in caplog.text, 5 * T, message="the SDK's refusal line")
     finally:
         client.close()
     assert time.monotonic() - started < 5 * T
+    # An authorized client of the same router keeps working.
+    room = fresh_room()
+    member = cc.cluster.ws(0)
+    sdk.sockets.join(member.id, room)
+    assert sdk.sockets.count(room) == 1
 
 
 # --------------------------------------------------------------------------- pair, on CURVE

@@ -8,6 +8,7 @@ real handshakes) are in ``tests/component/test_curve.py`` and ``tests/integratio
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import stat
@@ -180,6 +181,71 @@ def test_authorized_keys_errors(tmp_path: pathlib.Path) -> None:
     write(tmp_path / "broken.key", "garbage\n")
     with pytest.raises(ValueError, match=r"broken\.key is not a CURVE certificate"):
         curve.authorized_keys(tmp_path)
+
+
+# ---------------------------------------------------------------------------- refusal accounting
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (zmq.EVENT_HANDSHAKE_FAILED_AUTH, "unauthorized_key"),
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, "handshake_failed"),
+        (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, "handshake_failed"),
+        (zmq.EVENT_HANDSHAKE_SUCCEEDED, None),
+        (zmq.EVENT_ACCEPTED, None),
+    ],
+)
+def test_refusal_reason(event: int, reason: str | None) -> None:
+    assert curve.refusal_reason(event) == reason
+    assert reason is None or reason in curve.REFUSAL_REASONS
+
+
+def test_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+    throttle = curve._Throttle(10.0)
+    assert throttle.allow("a", 100.0) == 0
+    assert throttle.allow("a", 101.0) is None
+    assert throttle.allow("b", 101.0) == 0  # each key has its own budget
+    assert throttle.allow("a", 109.9) is None
+    assert throttle.allow("a", 110.0) == 2  # two held back since the last line
+    assert throttle.allow("a", 110.0) is None
+    throttle.reset("a")  # a success: the next failure is news again
+    assert throttle.allow("a", 111.0) == 0
+
+
+def test_server_curve_counts_every_refusal_and_logs_one_per_interval(
+    certs: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its server options carry the report the monitor threads call (no socket here)."""
+    assert curve.server_options(certs / "router.key_secret").report is None
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "client.key").write_bytes((certs / "client.key").read_bytes())
+    counted: list[str] = []
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        server = curve.ServerCurve(
+            ctx, certs / "router.key_secret", authorized, refused=counted.append
+        )
+    finally:
+        ctx.term()
+    report = server.server.report
+    assert report is not None and server.peer.report is None  # a client logs its own
+    endpoint = "tcp://127.0.0.1:5570"
+    with caplog.at_level(logging.WARNING):
+        report(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0, endpoint)
+        for _ in range(3):
+            report(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400, endpoint)
+            report(
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+                endpoint,
+            )
+    assert counted == ["unauthorized_key", "handshake_failed"] * 3
+    # The unauthorized key's line comes from the authenticator (with the peer's address).
+    assert caplog.messages == [
+        f"refused a CURVE handshake on {endpoint}: one end uses CURVE and the other does not"
+    ]
 
 
 # -------------------------------------------------------------------------------------- keygen
