@@ -94,6 +94,8 @@ class Sockets:
         *,
         omit: SocketsLike | None = ...,
         receipt: Literal[False] = ...,
+        confirm: Literal[False] = ...,
+        confirm_timeout: float = ...,
     ) -> int: ...
 
     @overload
@@ -108,6 +110,32 @@ class Sockets:
         confirm: bool = ...,
         confirm_timeout: float = ...,
     ) -> Receipt: ...
+
+    @overload
+    async def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: Literal[True],
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
+    @overload
+    async def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> int | Receipt: ...
 
     async def broadcast(
         self,
@@ -123,8 +151,9 @@ class Sockets:
         """Send ``event`` once to every member of any of ``rooms`` except ``omit``.
 
         Returns how many gateways the router handed the message to; with ``receipt=True`` a
-        :class:`Receipt` (exact socket counts), and with ``confirm=True`` too, only once every
-        gateway confirmed it queued the message (or ``confirm_timeout`` passed).
+        :class:`Receipt` (exact socket counts). ``confirm=True`` (a receipt, whatever
+        ``receipt`` says) returns only once every gateway confirmed it queued the message (or
+        ``confirm_timeout`` passed), with the confirmed counts in the receipt.
         """
         return await self.publish(rooms, event, data, omit, receipt, confirm, confirm_timeout)
 
@@ -136,6 +165,8 @@ class Sockets:
         *,
         omit: SocketsLike | None = ...,
         receipt: Literal[False] = ...,
+        confirm: Literal[False] = ...,
+        confirm_timeout: float = ...,
     ) -> int: ...
 
     @overload
@@ -149,6 +180,30 @@ class Sockets:
         confirm: bool = ...,
         confirm_timeout: float = ...,
     ) -> Receipt: ...
+
+    @overload
+    async def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: Literal[True],
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
+    @overload
+    async def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> int | Receipt: ...
 
     async def blast(
         self,

@@ -223,6 +223,8 @@ class SyncSockets:
         *,
         omit: SocketsLike | None = ...,
         receipt: Literal[False] = ...,
+        confirm: Literal[False] = ...,
+        confirm_timeout: float = ...,
     ) -> int: ...
 
     @overload
@@ -237,6 +239,32 @@ class SyncSockets:
         confirm: bool = ...,
         confirm_timeout: float = ...,
     ) -> Receipt: ...
+
+    @overload
+    def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: Literal[True],
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
+    @overload
+    def broadcast(
+        self,
+        rooms: Rooms,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> int | Receipt: ...
 
     def broadcast(
         self,
@@ -261,6 +289,8 @@ class SyncSockets:
         *,
         omit: SocketsLike | None = ...,
         receipt: Literal[False] = ...,
+        confirm: Literal[False] = ...,
+        confirm_timeout: float = ...,
     ) -> int: ...
 
     @overload
@@ -274,6 +304,30 @@ class SyncSockets:
         confirm: bool = ...,
         confirm_timeout: float = ...,
     ) -> Receipt: ...
+
+    @overload
+    def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: Literal[True],
+        confirm_timeout: float = ...,
+    ) -> Receipt: ...
+
+    @overload
+    def blast(
+        self,
+        event: str = ...,
+        data: object = ...,
+        *,
+        omit: SocketsLike | None = ...,
+        receipt: bool = ...,
+        confirm: bool = ...,
+        confirm_timeout: float = ...,
+    ) -> int | Receipt: ...
 
     def blast(
         self,
