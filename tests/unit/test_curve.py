@@ -186,33 +186,6 @@ def test_authorized_keys_errors(tmp_path: pathlib.Path) -> None:
 # ---------------------------------------------------------------------------- refusal accounting
 
 
-@pytest.mark.parametrize(
-    ("event", "reason"),
-    [
-        (zmq.EVENT_HANDSHAKE_FAILED_AUTH, "unauthorized_key"),
-        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, "handshake_failed"),
-        (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, "handshake_failed"),
-        (zmq.EVENT_HANDSHAKE_SUCCEEDED, None),
-        (zmq.EVENT_ACCEPTED, None),
-    ],
-)
-def test_refusal_reason(event: int, reason: str | None) -> None:
-    assert curve.refusal_reason(event) == reason
-    assert reason is None or reason in curve.REFUSAL_REASONS
-
-
-def test_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
-    throttle = curve._Throttle(10.0)
-    assert throttle.allow("a", 100.0) == 0
-    assert throttle.allow("a", 101.0) is None
-    assert throttle.allow("b", 101.0) == 0  # each key has its own budget
-    assert throttle.allow("a", 109.9) is None
-    assert throttle.allow("a", 110.0) == 2  # two held back since the last line
-    assert throttle.allow("a", 110.0) is None
-    throttle.reset("a")  # a success: the next failure is news again
-    assert throttle.allow("a", 111.0) == 0
-
-
 def test_server_curve_counts_every_refusal_and_logs_one_per_interval(
     certs: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
