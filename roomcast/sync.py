@@ -5,7 +5,8 @@ Owns one private I/O thread per ``SyncCluster``, running its own asyncio loop an
 ``asyncio.run_coroutine_threadsafe`` and waits for it. Submissions are made under a lock and the
 loop starts them in submission order, and a ``Cluster`` writes each command before its coroutine
 first suspends, so calls reach the router in the order they were made (DESIGN.md §5.2), from
-one thread or several.
+one thread or several. :class:`SyncSockets` is its ``cluster.sockets``; the blocking models of
+``cluster.model()`` are :mod:`roomcast.sync_model`'s (:class:`SyncModel`, re-exported here).
 
 The thread, loop and connection start on first use, so a ``SyncCluster`` created at import time
 in a pre-forking server (gunicorn ``--preload``) is fine; one used before a fork starts afresh
@@ -24,9 +25,9 @@ from typing import Any, Literal, TypeVar, overload
 
 from roomcast.cluster import Cluster
 from roomcast.core.errors import StateError, Timeout
-from roomcast.model import Model
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id
 from roomcast.sockets import Receipt, Rooms
+from roomcast.sync_model import SyncModel
 
 __all__ = ["SyncCluster", "SyncModel", "SyncSockets"]
 
@@ -380,86 +381,3 @@ class SyncSockets:
 
     def get_id(self, req: SocketLike) -> str:
         return get_id(req)
-
-
-class SyncModel:
-    """Blocking Resourceful PubSub: the methods of :class:`roomcast.model.Model`."""
-
-    def __init__(self, cluster: SyncCluster, identity: str, *, primary_key: str = "id") -> None:
-        self._cluster = cluster
-        self._names = Model(_NO_SOCKETS, identity, primary_key=primary_key)
-        self.identity = self._names.identity
-        self.primary_key = primary_key
-
-    def get_room_name(self, id: Any) -> str:
-        return self._names.get_room_name(id)
-
-    @property
-    def class_room(self) -> str:
-        return self._names.class_room
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        identity, pk = self.identity, self.primary_key
-
-        async def call(cluster: Cluster) -> None:
-            await getattr(cluster.model(identity, primary_key=pk), method)(*args, **kwargs)
-
-        self._cluster.run(call)
-
-    def subscribe(self, req: SocketsLike, ids: Any) -> None:
-        self._call("subscribe", req, ids)
-
-    def unsubscribe(self, req: SocketsLike, ids: Any) -> None:
-        self._call("unsubscribe", req, ids)
-
-    def watch(self, req: SocketsLike) -> None:
-        self._call("watch", req)
-
-    def unwatch(self, req: SocketsLike) -> None:
-        self._call("unwatch", req)
-
-    def publish(
-        self, ids: Any, data: Any, req: SocketLike | None = None, *, receipt: bool = False
-    ) -> Any:
-        identity, pk = self.identity, self.primary_key
-
-        async def call(cluster: Cluster) -> Any:
-            model = cluster.model(identity, primary_key=pk)
-            return await model.publish(ids, data, req, receipt=receipt)
-
-        return self._cluster.run(call)
-
-    def publish_create(self, record: dict[str, Any], req: SocketLike | None = None) -> None:
-        self._call("publish_create", record, req)
-
-    def publish_update(
-        self,
-        id: Any,
-        changes: dict[str, Any],
-        req: SocketLike | None = None,
-        *,
-        previous: dict[str, Any] | None = None,
-    ) -> None:
-        self._call("publish_update", id, changes, req, previous=previous)
-
-    def publish_destroy(
-        self, id: Any, req: SocketLike | None = None, *, previous: dict[str, Any] | None = None
-    ) -> None:
-        self._call("publish_destroy", id, req, previous=previous)
-
-    def publish_add(
-        self, id: Any, attribute: str, added_id: Any, req: SocketLike | None = None
-    ) -> None:
-        self._call("publish_add", id, attribute, added_id, req)
-
-    def publish_remove(
-        self, id: Any, attribute: str, removed_id: Any, req: SocketLike | None = None
-    ) -> None:
-        self._call("publish_remove", id, attribute, removed_id, req)
-
-
-class _NoSockets:
-    """Stands in for ``cluster.sockets`` where a Model is used only for its room names."""
-
-
-_NO_SOCKETS: Any = _NoSockets()

@@ -20,7 +20,7 @@ import pytest
 
 from roomcast.model import Model
 from roomcast.requests import Request
-from roomcast.sync import SyncModel
+from roomcast.sync_model import SyncModel
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -275,6 +275,12 @@ class FakeSyncCluster:
 
     def run(self, make: Any) -> Any:
         return asyncio.run(make(self))
+
+
+def test_sync_model_is_still_importable_from_roomcast_sync() -> None:
+    from roomcast import sync
+
+    assert sync.SyncModel is SyncModel and "SyncModel" in sync.__all__
 
 
 def test_sync_model_room_names_need_no_cluster() -> None:
