@@ -1,0 +1,46 @@
+"""Router configuration: explicit, grouped, unit-named, frozen. Read from flags in __main__.
+
+Apart from the shell (router/server.py) for the same reason as gateway/config.py: the flags,
+their defaults and their units are one thing to read, and nothing here opens a socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["RouterConfig"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    # Endpoints (port 0 picks a free port; READY reports the real one)
+    commands: str = "tcp://127.0.0.1:5570"
+    fanout: str = "tcp://127.0.0.1:5571"
+    # Liveness
+    heartbeat_interval_s: float = 1.0
+    gateway_timeout_s: float = 5.0
+    # Limits
+    max_rooms_per_socket: int = 1000
+    fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
+    commands_hwm_messages: int = 200_000
+    # Presence events: rooms matching these globs (or flagged by a backend) push join/leave
+    presence_rooms: tuple[str, ...] = ()
+    # Message history for recovery: rooms matching these globs keep their last messages
+    history_rooms: tuple[str, ...] = ()
+    history_size: int = 100  # messages per room
+    history_ttl_s: float = 300.0
+    presence_interval_s: float = 0.2  # coalescing window of presence events
+    # Action workers
+    worker_timeout_s: float = 5.0  # silent this long: no longer sent requests
+    request_timeout_s: float = 30.0  # then the asker gets 504
+    # A primary/backup pair (router/peer.py; docs/protocol.md "Failover"). "single": no peer,
+    # serving from start to drain.
+    role: str = "single"  # "single", "primary" or "backup"
+    peer_bind: str = ""  # ROUTER for the peer to connect to
+    peer_connect: str = ""  # the peer's peer_bind
+    peer_timeout_s: float = 2.0  # silent this long: a client's vote may fail over
+    # CURVE (roomcast/curve.py): both files, or neither (off)
+    curve_secret_key: str = ""  # our .key_secret certificate (a pair shares one)
+    curve_authorized_keys: str = ""  # directory of the clients' public .key certificates
+    # Shutdown
+    drain_timeout_s: float = 10.0

@@ -1,0 +1,120 @@
+"""The router's end of every link: the gateways' sequenced streams, and every send.
+
+Owns the table of gateways the router knows (each one's topic, sequence number and when it was
+last heard) and every send on the commands ROUTER and the fanout XPUB. Sequence numbering and
+drop accounting are in one place because the gateways rely on them: a gateway's sequence
+advances even when its send fails, so the gateway sees the gap and resyncs; a full pipe is
+counted, never waited for; a reply to a peer that went away is counted, never raised. Decides
+nothing about membership or about whether the router serves: the shell (router/server.py)
+tells it what to send, and when a gateway is known or forgotten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import zmq
+
+from roomcast.core import wire
+from roomcast.core.errors import RoomcastError
+from router.metrics import RouterMetrics
+
+__all__ = ["GATEWAY_ID_PREFIX", "GatewayLink", "Links", "error_reply", "gateway_of"]
+
+# Gateways set their DEALER routing id to this prefix + their id, so the router knows which
+# gateway (and topic) a command came from even when it has forgotten that gateway.
+GATEWAY_ID_PREFIX = b"gw:"
+
+
+@dataclasses.dataclass(slots=True)
+class GatewayLink:
+    topic: bytes
+    seq: int = 0
+    last_seen: float = 0.0
+
+
+def gateway_of(identity: bytes) -> str | None:
+    """The gateway id in a ROUTER identity, or None for an SDK client or worker."""
+    if not identity.startswith(GATEWAY_ID_PREFIX):
+        return None
+    try:
+        gateway = identity[len(GATEWAY_ID_PREFIX) :].decode()
+    except UnicodeDecodeError:
+        return None
+    return gateway if gateway and "\x00" not in gateway else None
+
+
+def error_reply(ref: int, err: RoomcastError) -> wire.Reply:
+    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message)
+
+
+class Links:
+    def __init__(
+        self,
+        commands: zmq.Socket[bytes],
+        fanout: zmq.Socket[bytes],
+        metrics: RouterMetrics,
+        *,
+        epoch: Callable[[], str],
+    ) -> None:
+        self.gateways: dict[str, GatewayLink] = {}
+        self._commands = commands
+        self._fanout = fanout
+        self._metrics = metrics
+        self._epoch = epoch
+
+    def add(self, gateway: str, now: float) -> bool:
+        """(Re)start a gateway's stream at sequence 0 (its Hello); whether we knew it already."""
+        known = gateway in self.gateways
+        self.gateways[gateway] = GatewayLink(wire.gateway_topic(gateway), 0, now)
+        return known
+
+    def to_gateway(self, gateway: str, body: bytes) -> bool:
+        link = self.gateways.get(gateway)
+        if link is None:
+            return False
+        # The sequence advances even when the send fails, so the gateway sees the gap.
+        link.seq += 1
+        try:
+            self._fanout.send_multipart((link.topic, wire.pack_seq(link.seq), body), zmq.NOBLOCK)
+        except zmq.Again:
+            self._metrics.fanout_dropped.inc()
+            return False
+        return True
+
+    def reply(self, identity: bytes, gateway: str | None, msg: wire.Message) -> None:
+        body = wire.encode(msg)
+        if gateway is not None:
+            self.to_gateway(gateway, body)
+            return
+        try:
+            self._commands.send_multipart((identity, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # ROUTER drops replies to peers that went away or are over their HWM.
+            self._metrics.command_errors.labels("reply_dropped").inc()
+
+    def to_worker(self, worker: bytes, body: bytes) -> None:
+        """Send a request; ``zmq.ZMQError`` when the worker is gone (ROUTER_MANDATORY) or full."""
+        self._commands.send_multipart((worker, body), zmq.NOBLOCK)
+
+    def reset(self, gateway: str) -> None:
+        """Tell a gateway we do not know it (expired, or we restarted): it must resync."""
+        self._metrics.resets.inc()
+        self.unsequenced(gateway, wire.Reset(epoch=self._epoch()))
+
+    def unsequenced(self, gateway: str, msg: wire.Message) -> None:
+        """A message for a gateway that has no sequenced stream with us (yet)."""
+        body = wire.encode(msg)
+        try:
+            self._fanout.send_multipart((wire.gateway_topic(gateway), b"", body), zmq.NOBLOCK)
+        except zmq.Again:
+            self._metrics.fanout_dropped.inc()
+
+    def beat(self) -> None:
+        """The cluster-wide RouterBeat: who serves, and in which epoch."""
+        beat = wire.encode(wire.RouterBeat(epoch=self._epoch()))
+        try:
+            self._fanout.send_multipart((wire.CLUSTER_TOPIC, b"", beat), zmq.NOBLOCK)
+        except zmq.Again:
+            self._metrics.fanout_dropped.inc()

@@ -1,0 +1,106 @@
+"""Virtual requests between askers and action workers: forwarding, answers, and giving up.
+
+Owns the shell side of router.workers' pure WorkerPool: sending a request to the worker the
+pool picks (past one that vanished without expiring yet), relaying the worker's reply to the
+asker under the asker's ref, and answering for a worker that went away (503) or ran late (504)
+so that no asker waits for a reply that cannot come. Counts each outcome by status class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import zmq
+
+from roomcast.core import wire
+from roomcast.core.errors import BadRequest, NoWorker, RoomcastError, Timeout
+from router.links import Links, error_reply
+from router.metrics import RouterMetrics
+from router.workers import Origin, WorkerPool
+
+__all__ = ["Requests"]
+
+log = logging.getLogger("roomcast.router")
+
+
+class Requests:
+    def __init__(
+        self, workers: WorkerPool, links: Links, metrics: RouterMetrics, *, timeout_s: float
+    ) -> None:
+        self._workers = workers
+        self._links = links
+        self._metrics = metrics
+        self._timeout_s = timeout_s  # then the asker gets 504
+        self._known = 0  # workers at the last expiry (or Hello): who went missing since
+
+    def hello(self, identity: bytes, node_id: str, now: float) -> None:
+        # Workers repeat Hello as their heartbeat; only a new one is news.
+        if not self._workers.seen(identity, now):
+            self._workers.add(identity, now)
+            self._known = len(self._workers)
+            log.info("worker %s hello (%d workers)", node_id, len(self._workers))
+
+    def forward(self, identity: bytes, gateway: str | None, msg: wire.Request, now: float) -> None:
+        if not msg.ref:
+            raise BadRequest("a request needs a ref")
+        workers = self._workers
+        # A worker that vanished without expiring yet makes the send fail (ROUTER_MANDATORY):
+        # forget it and try the next one.
+        for _ in range(len(workers)):
+            picked = workers.forward(identity, gateway, msg.ref, now, self._timeout_s)
+            if picked is None:
+                break
+            worker, router_ref = picked
+            try:
+                self._links.to_worker(worker, wire.encode(dataclasses.replace(msg, ref=router_ref)))
+            except zmq.ZMQError:
+                workers.answer(router_ref)
+                self._orphaned(workers.remove(worker))
+                continue
+            self._metrics.requests_forwarded.inc()
+            return
+        raise NoWorker("no action worker is connected")
+
+    def answer(self, reply: wire.Reply) -> None:
+        origin = self._workers.answer(reply.ref)
+        if origin is None:
+            return  # answered after its deadline: the asker already got 504
+        self._metrics.requests_answered.labels(_status_class(reply.status)).inc()
+        self._links.reply(
+            origin.identity, origin.gateway, dataclasses.replace(reply, ref=origin.ref)
+        )
+
+    def expire(self, now: float) -> None:
+        """Forget silent workers, answering their requests, and answer the late ones (504)."""
+        workers = self._workers
+        orphans, late = workers.expire(now)
+        if orphans or len(workers) < self._known:
+            log.warning(
+                "%d action workers expired after missed heartbeats (%d requests orphaned)",
+                self._known - len(workers),
+                len(orphans),
+            )
+            self._metrics.worker_expired.inc(max(0, self._known - len(workers)))
+        self._known = len(workers)
+        self._orphaned(orphans)
+        for origin in late:
+            self._metrics.requests_answered.labels("timeout").inc()
+            err = Timeout("the action did not answer in time")
+            self._links.reply(origin.identity, origin.gateway, error_reply(origin.ref, err))
+
+    def drain(self, err: RoomcastError) -> None:
+        """Answer every request in flight with ``err`` (the router stops serving)."""
+        for origin in self._workers.drain():
+            self._links.reply(origin.identity, origin.gateway, error_reply(origin.ref, err))
+
+    def _orphaned(self, orphans: list[Origin]) -> None:
+        """Requests whose worker went away: answer now rather than at the deadline."""
+        for origin in orphans:
+            self._metrics.requests_answered.labels("5xx").inc()
+            err = NoWorker("the action worker went away before answering")
+            self._links.reply(origin.identity, origin.gateway, error_reply(origin.ref, err))
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "invalid"
