@@ -31,7 +31,7 @@ from roomcast.core.errors import RoomcastError
 if TYPE_CHECKING:
     from gateway.hub import Gateway
 
-__all__ = ["Connection", "fan_out", "write_queued"]
+__all__ = ["Connection", "Outlet", "fan_out", "write_queued"]
 
 
 class Connection(tornado.websocket.WebSocketHandler):
@@ -41,7 +41,9 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.gateway = gateway
         self.sid = secrets.token_urlsafe(12)
         config = gateway.config
-        self.queue = SendQueue(config.max_send_queue_bytes)
+        self._welcomed = False
+        self._close_cause: str | None = None
+        self.queue = Outlet(config.max_send_queue_bytes, self)
         self.limit = RateLimit(
             config.max_frames_per_s, config.frame_burst, config.abuse_strikes, time.monotonic()
         )
@@ -49,15 +51,33 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.opened_at = time.monotonic()
         self.auth_error: str | None = None
         self.registered = False  # the router knows this socket
-        self.welcomed = False  # the client knows its id: deliveries may flow
         self.hooking = False  # the connect hook (beforeConnect) is deciding
-        # Why the server is closing it (metric label); Tornado's close_reason is the client's.
-        self.close_cause: str | None = None
-        self.sock: socket.socket | None = None  # for direct writes, once open
 
     @property
     def closing(self) -> bool:
-        return self.close_cause is not None
+        return self._close_cause is not None
+
+    # Both decide whether deliveries may flow, which the delivery loop reads from the outlet.
+
+    @property
+    def welcomed(self) -> bool:
+        """The client knows its id: deliveries may flow."""
+        return self._welcomed
+
+    @welcomed.setter
+    def welcomed(self, value: bool) -> None:
+        self._welcomed = value
+        self.queue.live = value and self._close_cause is None
+
+    @property
+    def close_cause(self) -> str | None:
+        """Why the server is closing it (a metric label); Tornado's close_reason is the client's."""
+        return self._close_cause
+
+    @close_cause.setter
+    def close_cause(self, value: str | None) -> None:
+        self._close_cause = value
+        self.queue.live = self._welcomed and value is None
 
     # --- protocol hooks --------------------------------------------------------------------
 
@@ -137,9 +157,9 @@ class Connection(tornado.websocket.WebSocketHandler):
     def open(self, *args: str, **kwargs: str) -> None:
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None and type(stream) is IOStream:
-            self.sock = stream.socket  # a TLS stream is written through Tornado only
+            self.queue.sock = stream.socket  # a TLS stream is written through Tornado only
             if stream.writing():  # the 101 response is not all out: wait for it
-                self.hold(stream.write(b""), 1)
+                self.queue.hold(stream.write(b""), 1)
         if self.gateway.draining:
             self.close(CloseCode.GOING_AWAY, "going away")
             return
@@ -209,7 +229,7 @@ class Connection(tornado.websocket.WebSocketHandler):
             return
         queued = self.queue.push(frame)
         if queued == FIRST:
-            self.gateway.mark_dirty(self)
+            self.gateway.mark_dirty(self.queue)
         elif queued == REFUSED:
             self.overflow()
 
@@ -221,10 +241,24 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def write_queued(self) -> int:
         """Hand everything queued to the stream in one write; returns the bytes written."""
-        return write_queued((self,))[1]
+        return write_queued((self.queue,))[1]
+
+
+class Outlet(SendQueue):
+    """A connection's send queue plus what the delivery loop needs of the connection, in one
+    slotted object: the loop runs once per recipient, and a Tornado handler keeps its
+    attributes in a large dict."""
+
+    __slots__ = ("conn", "live", "sock")
+
+    def __init__(self, limit_bytes: int, conn: Connection) -> None:
+        super().__init__(limit_bytes)
+        self.conn = conn
+        self.live = False  # welcomed and not closing: deliveries may flow
+        self.sock: socket.socket | None = None  # for direct writes, once open
 
     def send_now(self, data: bytes) -> None:
-        """Write ``data`` now; only when nothing is pending or in flight (see above)."""
+        """Write ``data`` now; only when nothing is pending or in flight (see Connection)."""
         sock = self.sock
         if sock is not None:
             try:
@@ -236,7 +270,7 @@ class Connection(tornado.websocket.WebSocketHandler):
             if sent == len(data):
                 return
             data = data[sent:]
-        ws = self.ws_connection
+        ws = self.conn.ws_connection
         stream = ws.stream if ws is not None else None
         if stream is None:
             return  # closed meanwhile: nothing can be written
@@ -248,76 +282,75 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     def hold(self, fut: asyncio.Future[None], size: int) -> None:
         """Tornado holds ``size`` bytes for us until ``fut``: no direct writes meanwhile."""
-        self.queue.sending(size)
+        self.sending(size)
         fut.add_done_callback(self._written)
 
     def _written(self, fut: asyncio.Future[None]) -> None:
         if fut.exception() is not None:
             return
-        ws = self.ws_connection
+        ws = self.conn.ws_connection
         if ws is None or ws.stream is None or ws.stream.writing():
             return  # more is buffered: the callback of a later write follows
-        if self.queue.written():
-            self.gateway.mark_dirty(self)
+        if self.written():
+            self.conn.gateway.mark_dirty(self)
 
 
 def fan_out(
-    conns: dict[str, Connection],
+    outlets: dict[str, Outlet],
     targets: Iterable[str],
     frame_of: Callable[[Connection], bytes],
-    dirty: list[Connection],
+    dirty: list[Outlet],
     *,
     direct: bool,
 ) -> tuple[int, int, int]:
     """Give one delivery to every welcomed target; returns (recipients, writes, bytes written).
 
-    Runs once per recipient of every message, so it is one loop with one Python call per
-    recipient. The frame is built once per client protocol (``frame_of``) and the same bytes
-    go to everyone. With ``direct`` (the router's batch held only this message: nothing to
-    coalesce it with) an idle connection gets it written at once; otherwise it is queued, and
-    connections with a first frame queued are appended to ``dirty`` for one write each at the
-    end of the batch.
+    Runs once per recipient of every message, so it is one loop over slotted outlets with one
+    Python call per recipient. The frame is built once per client protocol (``frame_of``) and
+    the same bytes go to everyone. With ``direct`` (the router's batch held only this message:
+    nothing to coalesce it with) an idle connection gets it written at once; otherwise it is
+    queued, and outlets with a first frame queued are appended to ``dirty`` for one write each
+    at the end of the batch.
     """
     frames: dict[type, bytes] = {}
     kind: type | None = None
     frame = b""
     size = sent = writes = nbytes = 0
     for sid in targets:
-        conn = conns.get(sid)
-        if conn is None or not conn.welcomed or conn.close_cause is not None:
+        out = outlets.get(sid)
+        if out is None or not out.live:
             continue
-        if type(conn) is not kind:
-            kind = type(conn)
+        if type(out.conn) is not kind:
+            kind = type(out.conn)
             cached = frames.get(kind)
             if cached is None:
-                cached = frames[kind] = frame_of(conn)
+                cached = frames[kind] = frame_of(out.conn)
             frame = cached
             size = len(frame)
-        queue = conn.queue
-        if direct and not queue.pending and not queue.inflight:
-            conn.send_now(frame)
+        if direct and not out.pending and not out.inflight:
+            out.send_now(frame)
             writes += 1
             nbytes += size
         else:
-            queued = queue.push(frame)
+            queued = out.push(frame)
             if queued == FIRST:
-                dirty.append(conn)
+                dirty.append(out)
             elif queued == REFUSED:
-                conn.overflow()
+                out.conn.overflow()
                 continue
         sent += 1
     return sent, writes, nbytes
 
 
-def write_queued(conns: Iterable[Connection]) -> tuple[int, int]:
-    """Write each connection's queue in one write; returns (writes, bytes)."""
+def write_queued(outlets: Iterable[Outlet]) -> tuple[int, int]:
+    """Write each outlet's queue in one write; returns (writes, bytes)."""
     writes = nbytes = 0
-    for conn in conns:
-        data = conn.queue.take()
+    for out in outlets:
+        data = out.take()
         if data is not None:
             writes += 1
             nbytes += len(data)
-            conn.send_now(data)
+            out.send_now(data)
     return writes, nbytes
 
 
@@ -339,7 +372,7 @@ class _Protocol(tornado.websocket.WebSocketProtocol13):
         fut = super()._write_frame(fin, opcode, data, flags)
         stream = self.stream
         if stream is not None and stream.writing():
-            self.handler.hold(fut, len(data) + 2)
+            self.handler.queue.hold(fut, len(data) + 2)
         return fut
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from gateway.config import GatewayConfig
-from gateway.connection import Connection, fan_out, write_queued
+from gateway.connection import Connection, Outlet, fan_out, write_queued
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
@@ -49,7 +49,8 @@ class Gateway:
         self.identities: dict[str, tuple[str, bytes]] = {}
         self.conns: dict[str, Connection] = {}
         self.draining = False
-        self._dirty: list[Connection] = []
+        self.outlets: dict[str, Outlet] = {}  # the delivery loop's view of self.conns
+        self._dirty: list[Outlet] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.upstream = Upstream(config, ctx, metrics, self)
@@ -93,6 +94,7 @@ class Gateway:
 
     def attach(self, conn: Connection) -> None:
         self.conns[conn.sid] = conn
+        self.outlets[conn.sid] = conn.queue
         self.local.add_socket(conn.sid)
         if conn.identity.user:
             self.identities[conn.sid] = (conn.identity.user, b"")
@@ -140,6 +142,7 @@ class Gateway:
     def detach(self, conn: Connection) -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
+        del self.outlets[conn.sid]
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
         self.identities.pop(conn.sid, None)
@@ -273,7 +276,7 @@ class Gateway:
             targets = self.local.targets(msg.rooms, msg.omit)
         history = _history_json(msg.offsets) if msg.offsets else b""
         sent, writes, nbytes = fan_out(
-            self.conns,
+            self.outlets,
             targets,
             lambda conn: conn.event_frame(msg.event, msg.data, history),
             self._dirty,  # written at the end of the router batch (on_batch_end)
@@ -324,8 +327,8 @@ class Gateway:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def mark_dirty(self, conn: Connection) -> None:
-        self._dirty.append(conn)
+    def mark_dirty(self, outlet: Outlet) -> None:
+        self._dirty.append(outlet)
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
