@@ -3,16 +3,13 @@ timeout closes a dead peer (counted as ping_timeout) while a live client stays c
 
 from __future__ import annotations
 
-import base64
-import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
-from tests.integration.harness import Cluster, fresh_room, start_cluster
+from tests.integration.harness import Cluster, fresh_room, raw_ws_client, start_cluster
 
 
 @pytest.fixture(scope="module")
@@ -20,24 +17,6 @@ def cluster() -> Iterator[Cluster]:
     c = start_cluster(gateways=1, gateway_args=["--ping-interval", "1", "--ping-timeout", "1"])
     yield c
     c.stop()
-
-
-def _mute_client(url: str) -> socket.socket:
-    """Completes the WebSocket handshake, then never reads again (so it never answers pings)."""
-    host, port = url.split("//", 1)[1].split(":")
-    sock = socket.create_connection((host, int(port)), timeout=5 * T)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 101"), head[:100]
-    return sock
 
 
 def test_a_peer_that_never_answers_pings_is_closed_and_a_live_one_stays(cluster: Cluster) -> None:
@@ -48,7 +27,7 @@ def test_a_peer_that_never_answers_pings_is_closed_and_a_live_one_stays(cluster:
     live = cluster.ws(0)  # the websockets client answers pings by itself
     room = fresh_room()
     live.join(room)
-    mute = _mute_client(cluster.gateways[0].public)
+    mute = raw_ws_client(cluster.gateways[0].public)[0]  # never reads: never answers a ping
     try:
         deadline_poll(lambda: ping_timeouts() >= before + 1, 10 * T, message="mute peer closed")
         # The live client went through the same pings and still gets messages.
