@@ -379,11 +379,15 @@ class _Protocol(tornado.websocket.WebSocketProtocol13):
         if self._lingering:
             return  # the close frame is out; the linger task closes the stream
         if code == CloseCode.MESSAGE_TOO_BIG:
-            # Tornado closes with 1009 itself when a frame is over the limit: record why, and
-            # linger instead of the abort that follows (a client still sending its oversize
-            # frame would otherwise get a reset instead of our close frame).
-            if self.handler.close_cause is None:
-                self.handler.close_cause = "frame_too_big"
+            # Tornado closes with 1009 itself when a frame is over the limit: say goodbye in
+            # the protocol first (Socket.IO's "41", as for every close we decide), record why,
+            # and linger instead of the abort that follows (a client still sending its
+            # oversize frame would otherwise get a reset instead of our close frame).
+            handler = self.handler
+            if handler.close_cause is None:
+                handler.goodbye()
+                handler.write_queued()
+                handler.close_cause = "frame_too_big"
             super().close(code, reason)
             self._linger()
             return
