@@ -56,6 +56,7 @@ class Gateway:
         self.upstream = Upstream(config, ctx, metrics, self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registering: set[str] = set()  # sockets whose SocketOpen awaits its reply
+        self._opening: dict[str, Connection] = {}  # opened this loop turn, registered at its end
         self._timers: list[asyncio.Task[None]] = []
         self.tickers: list[Callable[[float], None]] = []  # per-second protocol timers
         self.tokens = TokenVerifier(
@@ -103,14 +104,25 @@ class Gateway:
         # A socket still owing its token (Socket.IO v4 sends it with CONNECT) is not registered
         # with the router until identify(): the cluster never sees an unauthenticated socket.
         if self.upstream.ready and conn.auth_error is None:
-            self.spawn(self._register((conn,)))
+            self._register_soon(conn)
+
+    def _register_soon(self, conn: Connection) -> None:
+        """Register at the end of this loop turn together with every connection opened in it:
+        an avalanche of connects costs the router one SocketOpen per turn, not one each."""
+        self._opening[conn.sid] = conn
+        if len(self._opening) == 1 and self._loop is not None:
+            self._loop.call_soon(self._open_batch)
+
+    def _open_batch(self) -> None:
+        conns, self._opening = self._opening, {}
+        self.spawn(self._register([c for sid, c in conns.items() if sid in self.conns]))
 
     def identify(self, conn: Connection) -> None:
         """A connection proved its identity after attach (Socket.IO CONNECT auth)."""
         user = conn.identity.user
         if user:
             self.identities[conn.sid] = (user, b"")
-        if conn.sid in self._registering:
+        if conn.sid in self._registering or conn.sid in self._opening:
             return  # opened as anonymous just now: _register sends the identity after it
         if conn.registered:
             if user:
@@ -122,7 +134,7 @@ class Gateway:
             if user:  # the router has the socket; the connect hook welcomes it
                 self.spawn(self._set_presence(conn.sid, user))
         elif self.upstream.ready:
-            self.spawn(self._register((conn,)))
+            self._register_soon(conn)
 
     async def _identify_registered(self, conn: Connection, user: str) -> None:
         await self._set_presence(conn.sid, user)
@@ -142,6 +154,7 @@ class Gateway:
     def detach(self, conn: Connection) -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
+        self._opening.pop(conn.sid, None)
         del self.outlets[conn.sid]
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
@@ -160,7 +173,13 @@ class Gateway:
         pending = [
             c
             for c in conns
-            if not (c.registered or c.closing or c.hooking or c.auth_error is not None)
+            if not (
+                c.registered
+                or c.closing
+                or c.hooking
+                or c.auth_error is not None
+                or c.sid in self._opening  # registered at the end of this turn
+            )
         ]
         if not pending:
             return
