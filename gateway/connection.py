@@ -4,7 +4,9 @@ Subclasses (``/ws``, ``/socket.io/``) add their codec: how an event is framed, w
 means, how inbound frames become ops. Frames are written straight to the connection's stream
 (already framed by :mod:`gateway.frames`), bypassing Tornado's per-message ``write_message``;
 Tornado still handles the handshake, inbound frames, pings and the close handshake. This relies
-on ``WebSocketProtocol13.stream`` — Tornado is pinned in pyproject.toml for that reason.
+on ``WebSocketProtocol13.stream`` and on Tornado writing its own frames through
+``WebSocketProtocol13._write_frame`` — Tornado is pinned in pyproject.toml for that reason, and
+tests/component/test_tornado_internals.py and test_outlet.py check both against real sockets.
 """
 
 from __future__ import annotations
