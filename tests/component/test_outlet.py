@@ -12,22 +12,18 @@ Outlet; the only stand-in is the hub's ``mark_dirty``, recorded.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
-import tornado.httpserver
-import tornado.netutil
-import tornado.web
 import tornado.websocket
 
 from gateway.connection import Outlet, _Protocol
 from gateway.frames import text_frame
 from gateway.sendqueue import FIRST, QUEUED
-from roomcast.bench.wsclient import client_frame, handshake_request
+from roomcast.bench.wsclient import client_frame
+from tests.component.rawws import raw_client, until
 from tests.conftest import TIMEOUT_UNIT as T
 
 BIG = 8 << 20  # far past what the kernel buffers for a client that does not read
@@ -51,13 +47,6 @@ class Peer(tornado.websocket.WebSocketHandler):
         self.log["outlet"] = self.queue
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 5 * T) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 def frames_in(data: bytes) -> list[tuple[int, bytes]]:
     """Server frames (unmasked) as (opcode, payload); fails on a torn stream."""
     out = []
@@ -77,31 +66,15 @@ def frames_in(data: bytes) -> list[tuple[int, bytes]]:
 async def with_stuck_client(
     body: Callable[[socket.socket, Outlet, list[Outlet]], Awaitable[bytes]],
 ) -> list[tuple[int, bytes]]:
-    """Runs ``body`` with a welcomed-in-nothing raw client that reads only when ``body`` says;
-    returns the frames the client received after the handshake (``body`` returns them raw)."""
+    """Runs ``body`` with a raw client that reads only when ``body`` says; returns the frames
+    the client received after the handshake (``body`` returns them raw)."""
     log: dict[str, Any] = {}
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/ws", Peer, {"log": log})]))
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.setblocking(False)
-    try:
-        await loop.sock_connect(client, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16))
-        await loop.sock_sendall(client, handshake_request("127.0.0.1", port, "/ws", key))
+    async with raw_client(Peer, log) as client:
         await until(lambda: "outlet" in log, "the connection to open")
         head = b""
         while b"\r\n\r\n" not in head:
-            head += await loop.sock_recv(client, 1)  # the 101 response, and nothing more
-        raw = await body(client, log["outlet"], log["dirty"])
-        return frames_in(raw)
-    finally:
-        client.close()
-        server.stop()
-        await asyncio.wait_for(server.close_all_connections(), 5 * T)
+            head += await asyncio.get_running_loop().sock_recv(client, 1)  # the 101 response
+        return frames_in(await body(client, log["outlet"], log["dirty"]))
 
 
 async def read_all(client: socket.socket, size: int) -> bytes:

@@ -11,20 +11,16 @@ the kernel fills), pings, then reads everything.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import tornado.httpserver
-import tornado.netutil
-import tornado.web
 import tornado.websocket
 from tornado.iostream import IOStream
 
-from roomcast.bench.wsclient import client_frame, handshake_request
+from roomcast.bench.wsclient import client_frame
+from tests.component.rawws import raw_client, until
 from tests.conftest import TIMEOUT_UNIT as T
 
 
@@ -54,38 +50,16 @@ class Held(tornado.websocket.WebSocketHandler):
         self.log["handler"] = self
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5 * T):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 async def with_raw_client(
     body: Callable[[socket.socket, IOStream, dict[str, Any]], Awaitable[None]],
 ) -> None:
     log: dict[str, Any] = {}
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-    app = tornado.web.Application([(r"/ws", Held, {"log": log})])
-    server = tornado.httpserver.HTTPServer(app)
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.setblocking(False)
-    try:
-        await loop.sock_connect(client, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16))
-        await loop.sock_sendall(client, handshake_request("127.0.0.1", port, "/ws", key))
-        await until(lambda: "handler" in log)
+    async with raw_client(Held, log) as client:
+        await until(lambda: "handler" in log, "the connection to open")
         stream = log["handler"].ws_connection.stream
         assert type(stream) is IOStream  # what the gateway's direct path requires
-        await until(lambda: not stream.writing())  # the 101 response is out
+        await until(lambda: not stream.writing(), "the 101 response to be out")
         await body(client, stream, log)
-    finally:
-        client.close()
-        server.stop()
-        await asyncio.wait_for(server.close_all_connections(), 5 * T)
 
 
 async def read_until_done(client: socket.socket, done: asyncio.Future[None]) -> int:
@@ -117,9 +91,9 @@ def test_tornado_writes_its_pong_and_close_through_write_frame() -> None:
     async def body(client: socket.socket, stream: IOStream, log: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(client, client_frame(0x9, b"are you there"))
-        await until(lambda: 0xA in log["written"])
+        await until(lambda: 0xA in log["written"], "the pong")
         await loop.sock_sendall(client, client_frame(0x8, struct.pack(">H", 1000)))
-        await until(lambda: 0x8 in log["written"])
+        await until(lambda: 0x8 in log["written"], "the close frame")
         assert log["written"] == [0xA, 0x8]
 
     asyncio.run(with_raw_client(body))
