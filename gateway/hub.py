@@ -110,8 +110,8 @@ class Gateway:
         """Register at the end of this loop turn together with every connection opened in it:
         an avalanche of connects costs the router one SocketOpen per turn, not one each."""
         self._opening[conn.sid] = conn
-        if len(self._opening) == 1 and self._loop is not None:
-            self._loop.call_soon(self._open_batch)
+        if len(self._opening) == 1:
+            asyncio.get_running_loop().call_soon(self._open_batch)
 
     def _open_batch(self) -> None:
         conns, self._opening = self._opening, {}
