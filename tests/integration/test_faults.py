@@ -302,7 +302,10 @@ class Fleet:
     async def close(self) -> None:
         for c in self.clients:
             c.abort()
-        await asyncio.sleep(0)  # let connection_lost run: no transport outlives the loop
+        # No transport outlives the loop: wait (bounded) for every connection_lost.
+        await asyncio.wait_for(
+            asyncio.gather(*(asyncio.shield(c.closed) for c in self.clients)), 10 * T
+        )
 
 
 async def check_exact(
@@ -467,7 +470,8 @@ async def _router_restart(
         inflight = asyncio.ensure_future(
             inflight_sdk.sockets.join(fleet.clients[0].socket_id, ghost_room)
         )
-        await asyncio.sleep(0)  # one loop turn: the join's command is sent (sends are synchronous)
+        # The join's command is sent (submitted to the frozen router's pipe) before the kill.
+        await poll(lambda: inflight_sdk.link._pending, 5 * T, 0.001, what="the join sent")
         offsets = [g.proc.log_size() for g in gws]
         killed_at = time.monotonic()
         await asyncio.to_thread(router.kill)
