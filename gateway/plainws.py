@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
+from gateway import strictjson
 from roomcast.core.errors import BadRequest, RoomcastError
 from roomcast.core.rooms import as_room_list, validate_room
 
@@ -89,17 +89,6 @@ class FrameError(Exception):
         self.error = error
 
 
-def _not_json(constant: str) -> object:
-    raise ValueError("NaN and Infinity are not json")  # we would re-encode them as invalid json
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if math.isinf(value):  # 1e999 is json, but it would go out as Infinity, which is not
-        raise ValueError("number out of range")
-    return value
-
-
 def _utf8(text: str) -> str:
     """``text``, or UnicodeEncodeError if it holds a lone surrogate (a ``"\\ud800"`` escape)."""
     text.encode()
@@ -121,7 +110,7 @@ def _ref(frame: dict[str, Any]) -> Ref | None:
 def parse(text: str) -> Op:
     """Parse one client frame."""
     try:
-        frame = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        frame = strictjson.loads(text)
     except (ValueError, RecursionError):
         raise FrameError(None, BadRequest("frame is not valid json")) from None
     if not isinstance(frame, dict):

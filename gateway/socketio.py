@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
+
+from gateway import strictjson
 
 __all__ = [
     "PING",
@@ -65,17 +66,6 @@ class Packet:
     args: tuple[Any, ...] = ()  # event: (name, *args); connect: (auth,) if any
 
 
-def _not_json(constant: str) -> object:
-    raise ValueError("NaN and Infinity are not json")  # we would re-encode them as invalid json
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if math.isinf(value):  # 1e999 is json, but it would go out as Infinity, which is not
-        raise ValueError("number out of range")
-    return value
-
-
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -117,7 +107,7 @@ def _parse_socket(text: str) -> Packet:
     payload: Any = None
     if rest:
         try:
-            payload = json.loads(rest, parse_constant=_not_json, parse_float=_finite)
+            payload = strictjson.loads(rest)
         except (ValueError, RecursionError):
             raise PacketError("packet payload is not valid json") from None
     if kind == _S_CONNECT:

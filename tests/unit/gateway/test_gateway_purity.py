@@ -25,6 +25,7 @@ PURE_MODULES = (
     "gateway.frames",
     "gateway.sendqueue",
     "gateway.membership",
+    "gateway.strictjson",
 )
 
 
