@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import zmq
 
-__all__ = ["BatchReader", "new_context"]
+__all__ = ["BatchReader", "bind", "new_context"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,15 @@ Batch = list[list[bytes]]
 def new_context() -> zmq.Context[zmq.Socket[bytes]]:
     """A fresh (non-global) context, so tests can run several components in one process."""
     return zmq.Context()
+
+
+def bind(sock: zmq.Socket[bytes], url: str) -> str:
+    """Bind ``sock`` to ``url`` (port 0: any free port) and return the endpoint it got."""
+    if url.endswith(":0"):
+        url = url[:-2] + ":*"
+    sock.bind(url)
+    endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
+    return endpoint.decode()
 
 
 class BatchReader:

@@ -26,7 +26,7 @@ import zmq
 from roomcast.core import wire
 from roomcast.core.errors import WireError
 from roomcast.curve import PLAIN, SocketOptions
-from roomcast.zmqio import Batch, BatchReader
+from roomcast.zmqio import Batch, BatchReader, bind
 from router.bstar import BinaryStar, Decision, Event, Role, State, peer_event
 from router.metrics import RouterMetrics
 
@@ -58,14 +58,6 @@ class PairConfig:
     @property
     def interval_s(self) -> float:
         return self.timeout_s / 4
-
-
-def _bind(sock: zmq.Socket[bytes], url: str) -> str:
-    if url.endswith(":0"):
-        url = url[:-2] + ":*"
-    sock.bind(url)
-    endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
-    return endpoint.decode()
 
 
 class Pair:
@@ -101,7 +93,7 @@ class Pair:
             config.curve_server.apply(self._router)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.SNDHWM, _PEER_HWM)
-            self.bind_endpoint = _bind(self._router, config.bind)
+            self.bind_endpoint = bind(self._router, config.bind)
             router = self._router
             self._readers.append(BatchReader(router, lambda b: self._on_batch(router, b)))
         if config.connect:

@@ -34,7 +34,7 @@ from roomcast.core.errors import (
 from roomcast.core.rooms import validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.curve import ServerCurve
-from roomcast.zmqio import Batch, BatchReader
+from roomcast.zmqio import Batch, BatchReader, bind
 from router import queries
 from router.bstar import Decision, Role, State
 from router.config import RouterConfig
@@ -50,14 +50,6 @@ from router.workers import WorkerPool
 __all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
 
 log = logging.getLogger("roomcast.router")
-
-
-def _bind(sock: zmq.Socket[bytes], url: str) -> str:
-    if url.endswith(":0"):
-        url = url[:-2] + ":*"
-    sock.bind(url)
-    endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
-    return endpoint.decode()
 
 
 class Router:
@@ -96,8 +88,8 @@ class Router:
         self._fanout.setsockopt(zmq.SNDHWM, config.fanout_hwm_messages)
         # Without NODROP a full pipe drops silently; with it the send fails and we can count it.
         self._fanout.setsockopt(zmq.XPUB_NODROP, 1)
-        self.commands_endpoint = _bind(self._commands, config.commands)
-        self.fanout_endpoint = _bind(self._fanout, config.fanout)
+        self.commands_endpoint = bind(self._commands, config.commands)
+        self.fanout_endpoint = bind(self._fanout, config.fanout)
         self.links = Links(self._commands, self._fanout, metrics, epoch=lambda: self.epoch)
         self.publisher = Publisher(self.topology, self.links, metrics, history=lambda: self.history)
         self.requests = Requests(
