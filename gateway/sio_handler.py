@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
@@ -234,19 +235,11 @@ class SioHandler(Connection):
             self.fail(packet.ack, err)
             return
         kind = wire.QueryKind.PRESENCE_STATS if stats else wire.QueryKind.PRESENCE
-
-        async def ask() -> None:
-            try:
-                reply = await self.gateway.run_op(
-                    "presence", lambda ref: wire.Query(ref=ref, kind=kind, target=room)
-                )
-            except RoomcastError as err:
-                self.fail(packet.ack, err)
-                return
-            if packet.ack is not None:
-                self._ack(packet.ack, sails.encode_jwr(200, reply.body, b"{}"))
-
-        self.gateway.spawn(ask())
+        self.gateway.spawn(
+            self._query(
+                packet.ack, "presence", lambda ref: wire.Query(ref=ref, kind=kind, target=room)
+            )
+        )
 
     def _recover(self, packet: socketio.Packet) -> None:
         """roomcast extension: ``emit("roomcast:recover", {room, epoch, offset}, ack)`` -> JWR
@@ -270,25 +263,25 @@ class SioHandler(Connection):
             self.fail(packet.ack, err)
             return
 
-        async def ask() -> None:
-            try:
-                reply = await self.gateway.run_op(
-                    "recover",
-                    lambda ref: wire.Query(
-                        ref=ref,
-                        kind=wire.QueryKind.RECOVER,
-                        target=room,
-                        epoch=epoch,
-                        offset=offset,
-                    ),
-                )
-            except RoomcastError as err:
-                self.fail(packet.ack, err)
-                return
-            if packet.ack is not None:
-                self._ack(packet.ack, sails.encode_jwr(200, reply.body, b"{}"))
+        self.gateway.spawn(
+            self._query(
+                packet.ack,
+                "recover",
+                lambda ref: wire.Query(
+                    ref=ref, kind=wire.QueryKind.RECOVER, target=room, epoch=epoch, offset=offset
+                ),
+            )
+        )
 
-        self.gateway.spawn(ask())
+    async def _query(self, ack: int | None, name: str, make: Callable[[int], wire.Message]) -> None:
+        """Ask the router; its JSON answer goes back through the ack as a 200 JWR."""
+        try:
+            reply = await self.gateway.run_op(name, make)
+        except RoomcastError as err:
+            self.fail(ack, err)
+            return
+        if ack is not None:
+            self._ack(ack, sails.encode_jwr(200, reply.body, b"{}"))
 
     async def _request(self, ack: int | None, request: sails.VirtualRequest) -> None:
         sid = self.sid
