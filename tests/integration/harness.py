@@ -710,20 +710,26 @@ class Cluster:
     def stop(self) -> None:
         """Close clients, SIGTERM gateways then the router; every exit must be 0 and logs clean."""
         self.close_clients()
-        failures: list[str] = []
-        for proc in [*(g.proc for g in self.gateways), self.router]:
-            for check in (proc.stop, proc.check_log):
-                try:
-                    check()
-                except pytest.fail.Exception as exc:
-                    failures.append(str(exc))
-        if failures:
-            pytest.fail("\n\n".join(failures))
+        procs = [*(g.proc for g in self.gateways), self.router]
+        run_all(check for proc in procs for check in (proc.stop, proc.check_log))
 
     def kill(self) -> None:
         self.close_clients()
         for proc in self.procs:
             proc.kill()
+
+
+def run_all(checks: Iterable[Callable[[], object]]) -> None:
+    """Run every check even after one fails (so every process is stopped and every log read),
+    then fail once with all their messages."""
+    failures: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except pytest.fail.Exception as exc:
+            failures.append(str(exc))
+    if failures:
+        pytest.fail("\n\n".join(failures))
 
 
 def start_cluster(

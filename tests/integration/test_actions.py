@@ -23,7 +23,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -40,6 +40,7 @@ from tests.integration.harness import (
     WsClient,
     fresh_room,
     http_get,
+    run_all,
     start_cluster,
 )
 
@@ -117,21 +118,11 @@ class Env:
 
     def stop(self) -> None:
         self.cluster.close_clients()
-        failures: list[str] = []
-        for proc in self.workers:
-            if proc.returncode is not None:
-                continue  # killed by its test
-            for check in (proc.stop, lambda p=proc: p.check_log(self._clean_from.get(p, 0))):
-                try:
-                    check()
-                except pytest.fail.Exception as exc:
-                    failures.append(str(exc))
-        try:
-            self.cluster.stop()
-        except pytest.fail.Exception as exc:
-            failures.append(str(exc))
-        if failures:
-            pytest.fail("\n\n".join(failures))
+        live = [p for p in self.workers if p.returncode is None]  # not killed by its test
+        checks: list[Callable[[], object]] = []
+        for proc in live:
+            checks += [proc.stop, lambda p=proc: p.check_log(self._clean_from.get(p, 0))]
+        run_all([*checks, self.cluster.stop])
 
     def kill(self) -> None:
         for proc in self.workers:

@@ -54,6 +54,7 @@ from tests.integration.harness import (
     gateway_proc,
     http_get,
     router_proc,
+    run_all,
 )
 
 SECRET = "current-hs256-secret-for-the-auth-tests-0123456789"
@@ -198,15 +199,8 @@ def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthClu
     ac = AuthCluster(router, gateways, sdk)
     yield ac
     sdk.close()
-    failures = []
-    for proc in [*(g.proc for g in gateways.values()), router]:
-        for check in (proc.stop, proc.check_log):
-            try:
-                check()
-            except pytest.fail.Exception as exc:
-                failures.append(str(exc))
-    if failures:
-        pytest.fail("\n\n".join(failures))
+    procs = [*(g.proc for g in gateways.values()), router]
+    run_all(check for proc in procs for check in (proc.stop, proc.check_log))
 
 
 @pytest.fixture

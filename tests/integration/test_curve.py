@@ -43,6 +43,7 @@ from tests.integration.harness import (
     gateway_proc,
     http_get,
     router_proc,
+    run_all,
     start_cluster,
 )
 
@@ -121,14 +122,7 @@ def curve_cluster(keys: Keys) -> Iterator[CurveCluster]:
         cluster.kill()
         raise
     yield CurveCluster(cluster, worker, keys)
-    failures = []
-    for check in (worker.stop, worker.check_log, cluster.stop):
-        try:
-            check()
-        except pytest.fail.Exception as exc:
-            failures.append(str(exc))
-    if failures:
-        pytest.fail("\n\n".join(failures))
+    run_all((worker.stop, worker.check_log, cluster.stop))
 
 
 @pytest.fixture

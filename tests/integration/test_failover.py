@@ -51,6 +51,7 @@ from tests.integration.harness import (
     WsClient,
     fresh_room,
     http_get,
+    run_all,
 )
 
 HEARTBEAT = 0.5
@@ -206,21 +207,14 @@ class Pair:
     def stop(self) -> None:
         for client in self.clients:
             client.close()
-        failures: list[str] = []
         order = [p for p in self.procs if p.name.startswith(("gateway", "worker"))]
         order += [p for p in self.procs if p not in order]
-        for proc in order:
-            if proc.returncode is not None:
-                continue  # killed by the test
-            for check in (proc.stop, proc.check_log):
-                try:
-                    check()
-                except pytest.fail.Exception as exc:
-                    failures.append(str(exc))
-        if self.proxy is not None:
-            self.proxy.close()
-        if failures:
-            pytest.fail("\n\n".join(failures))
+        live = [p for p in order if p.returncode is None]  # not killed by the test
+        try:
+            run_all(check for proc in live for check in (proc.stop, proc.check_log))
+        finally:
+            if self.proxy is not None:
+                self.proxy.close()
 
     def kill(self) -> None:
         for client in self.clients:

@@ -28,6 +28,7 @@ from tests.integration.harness import (
     WsClient,
     fresh_room,
     http_get,
+    run_all,
     start_cluster,
 )
 
@@ -71,14 +72,7 @@ def hooked_cluster() -> Iterator[HookCluster]:
         cluster.kill()
         raise
     yield HookCluster(cluster, worker)
-    failures = []
-    for check in (cluster.stop, worker.stop, worker.check_log):
-        try:
-            check()
-        except pytest.fail.Exception as exc:
-            failures.append(str(exc))
-    if failures:
-        pytest.fail("\n\n".join(failures))
+    run_all((cluster.stop, worker.stop, worker.check_log))
 
 
 @pytest.fixture
