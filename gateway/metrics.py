@@ -96,6 +96,15 @@ class GatewayMetrics:
         self.refused = counter(
             "refused_total", "Hellos refused for an incompatible protocol version (either side)."
         )
+        self.id_conflicts = counter(
+            "id_conflicts_total",
+            "Hellos refused because another live gateway process holds this --gateway-id.",
+        )
+        self.heartbeats_unanswered = counter(
+            "heartbeats_unanswered_total",
+            "Times the router stopped answering this gateway's heartbeats (its commands no "
+            "longer reached the router): the gateway went not-ready and said Hello again.",
+        )
         self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
         self.delivery_latency = histogram(
             "delivery_latency_seconds", "Router accept to frames queued for clients."

@@ -114,6 +114,7 @@ class PlainHandler(Connection):
                         recover=op.recover,
                         since_epoch=op.since_epoch,
                         since_offset=op.since_offset,
+                        client=True,
                     ),
                 )
                 if op.recover:  # {"recovered", "epoch", "offset", "messages": [...]}

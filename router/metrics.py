@@ -54,6 +54,12 @@ class RouterMetrics:
             "gateway_expired_total", "Gateways expired after missed heartbeats."
         )
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
+        self.claims_refused = counter(
+            "claims_refused_total",
+            "Commands refused because the sender claimed an id another live peer holds, by "
+            "what (gateway: another process's gateway id; socket: another gateway's socket id).",
+            ("what",),
+        )
         self.requests_forwarded = counter(
             "requests_forwarded_total", "Virtual requests forwarded to action workers."
         )

@@ -26,6 +26,7 @@ import zmq
 from roomcast.core import wire
 from roomcast.core.errors import (
     BadRequest,
+    Conflict,
     InternalError,
     RoomcastError,
     RouterUnavailable,
@@ -50,6 +51,8 @@ from router.workers import WorkerPool
 __all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
 
 log = logging.getLogger("roomcast.router")
+
+_CLAIM_LOG_INTERVAL_S = 10.0  # refused claims are counted each; logged at most this often
 
 
 class Router:
@@ -102,6 +105,7 @@ class Router:
         self._beat_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.serving = False
+        self._claim_logged = -_CLAIM_LOG_INTERVAL_S
         self.pair: Pair | None = None
         if config.role != "single":
             pair = PairConfig(
@@ -204,12 +208,16 @@ class Router:
             return
         if self.failover.settling is not None and self.failover.hold(identity, gateway, msg):
             return
-        if gateway is not None and not isinstance(msg, wire.Hello):
+        if gateway is not None:
             link = self.links.gateways.get(gateway)
-            if link is None:
-                self.links.reset(gateway)
+            if link is not None and link.identity != identity:
+                self._refuse_claim(identity, gateway, msg, now)
                 return
-            link.last_seen = now
+            if not isinstance(msg, wire.Hello):
+                if link is None:
+                    self.links.reset(gateway)
+                    return
+                link.last_seen = now
         elif gateway is None and isinstance(msg, (wire.Heartbeat, wire.Reply)):
             self.workers.seen(identity, now)
         known = len(self.links.gateways)
@@ -222,6 +230,28 @@ class Router:
             self._fail(identity, gateway, msg, InternalError("internal error"))
         if self.pair is not None and len(self.links.gateways) != known:
             self.pair.announce()  # the backup learns at once whom to wait for after a failover
+
+    def _refuse_claim(self, identity: bytes, gateway: str, msg: wire.Message, now: float) -> None:
+        """Another process speaks for a live gateway: a second gateway started with the same
+        --gateway-id, or a peer that learnt the id from the fanout. The live one keeps its link
+        (its stream, its sockets); the claimant is answered directly, never on the topic."""
+        self.metrics.claims_refused.labels("gateway").inc()
+        if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+            self._claim_logged = now
+            log.warning(
+                "refused %s from a second process claiming live gateway %s (same --gateway-id "
+                "twice, or a peer impersonating it)",
+                msg.KIND,
+                gateway,
+            )
+        ref = getattr(msg, "ref", 0)
+        if ref:
+            err = Conflict(
+                f"gateway id {gateway} is held by another live gateway process; retry after "
+                "it leaves (or is expired)"
+            )
+            self.metrics.command_errors.labels(err.code).inc()
+            self.links.direct(identity, error_reply(ref, err))
 
     def _fail(
         self, identity: bytes, gateway: str | None, msg: wire.Message, err: RoomcastError
@@ -241,7 +271,9 @@ class Router:
         elif isinstance(msg, wire.Membership):
             if msg.recover and len(msg.rooms) != 1:
                 raise BadRequest("a join with recovery names exactly one room")
-            changes = topo.change(msg.sockets, msg.rooms, leave=msg.leave)
+            changes = topo.change(
+                msg.sockets, msg.rooms, leave=msg.leave, reserve_own_rooms=msg.client
+            )
             if msg.recover and not msg.leave:
                 # Join and catch up in one step: the missed messages ride in the reply, which
                 # the asker's stream carries before any later live delivery for the room.
@@ -253,13 +285,20 @@ class Router:
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
-            topo.open_sockets(gateway, msg.sockets, msg.users)
+            try:
+                topo.open_sockets(gateway, msg.sockets, msg.users)
+            except Conflict:
+                self.metrics.claims_refused.labels("socket").inc()
+                raise
             reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):
             if gateway is not None:
                 topo.close_sockets(gateway, msg.sockets)
         elif isinstance(msg, wire.Heartbeat):
-            pass  # liveness already recorded in _handle
+            # Liveness is recorded in _handle. A gateway's numbered heartbeat is answered on
+            # its stream: that is how it learns its commands still reach us.
+            if gateway is not None and msg.ref:
+                reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.Query):
             reply(identity, gateway, queries.answer(msg, topo, self.history, time.monotonic()))
         elif isinstance(msg, wire.LeaveAll):
@@ -272,7 +311,14 @@ class Router:
             if gateway is None:
                 raise BadRequest("only gateways resync")
             identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
-            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities)
+            refused = topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities)
+            if refused:
+                self.metrics.claims_refused.labels("socket").inc(refused)
+                log.warning(
+                    "gateway %s resynced %d socket ids another gateway holds: refused",
+                    gateway,
+                    refused,
+                )
             if msg.last:
                 log.info("gateway %s resynced", gateway)
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
@@ -316,6 +362,7 @@ class Router:
             ref=msg.ref,
             epoch=self.epoch,
             heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
+            heartbeat_acks=True,
         )
         if gateway is None:
             if msg.role is wire.Role.WORKER:
@@ -323,7 +370,7 @@ class Router:
             self.links.reply(identity, None, ack)
             return
         dropped = self.topology.add_gateway(gateway)
-        known = self.links.add(gateway, now)
+        known = self.links.add(gateway, identity, now)
         log.info(
             "gateway %s hello (%s, %d sockets dropped until its resync)",
             gateway,

@@ -11,7 +11,8 @@ maps between them.
   ``RateLimited`` (429 rate_limited), ``ActionFailed`` (500 action_failed), ``InternalError``
   (500 internal), ``NoWorker`` (503 no_worker), ``RouterUnavailable`` (503 router_unavailable),
   ``RouterPassive`` (503 router_passive: a standby router refused a command it did not apply, so
-  the caller may send it to the other router of the pair), ``Timeout`` (504 timeout).
+  the caller may send it to the other router of the pair), ``Timeout`` (504 timeout),
+  ``Conflict`` (409 conflict: a gateway id or socket id that another live peer holds).
 
 Two errors are not for callers to catch as results: ``WireError`` (a peer sent bytes we cannot
 decode: count and drop) and ``StateError`` (our own code misused an object: a bug).
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "ActionFailed",
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "InternalError",
     "InvalidRoom",
@@ -80,6 +82,12 @@ class NoSuchSocket(RoomcastError):
 
 class NotFound(RoomcastError):
     status, code = 404, "not_found"
+
+
+class Conflict(RoomcastError):
+    """A peer claimed a gateway id or socket id that another live peer holds (refused)."""
+
+    status, code = 409, "conflict"
 
 
 class PayloadTooLarge(RoomcastError):
@@ -147,6 +155,7 @@ _BY_CODE: dict[str, type[RoomcastError]] = {
         Forbidden,
         NoSuchSocket,
         NotFound,
+        Conflict,
         PayloadTooLarge,
         TooManyRooms,
         RateLimited,

@@ -67,7 +67,8 @@ __all__ = [
 # major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
 # kinds); a major bump is a change they cannot. Peers of another major version are refused at
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
-PROTOCOL_VERSION = 101
+# 1.2: per-start gateway sessions (routing id), answered gateway heartbeats.
+PROTOCOL_VERSION = 102
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -132,6 +133,7 @@ class Hello:
 class Heartbeat:
     KIND: ClassVar[str] = "heartbeat"
     node_id: str = ""
+    ref: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +160,7 @@ class Membership:
     recover: bool = False
     since_epoch: str = ""
     since_offset: int = 0
+    client: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +253,7 @@ class HelloAck:
     epoch: str = ""
     protocol_version: int = PROTOCOL_VERSION
     heartbeat_interval_ms: int = 0
+    heartbeat_acks: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,7 +20,7 @@ ROOMS = (
 # One instance of every message type with every field set away from its default.
 SAMPLES: list[wire.Message] = [
     wire.Hello(ref=1, node_id="g1", role=wire.Role.GATEWAY, protocol_version=7),
-    wire.Heartbeat(node_id="g1"),
+    wire.Heartbeat(node_id="g1", ref=4),
     wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", "")),
     wire.SocketClose(sockets=("s1",)),
     wire.Membership(
@@ -31,6 +31,7 @@ SAMPLES: list[wire.Message] = [
         recover=True,
         since_epoch="e.1",
         since_offset=9,
+        client=True,
     ),
     wire.LeaveAll(ref=4, room="sails_model_user_7:user"),
     wire.CopyMembers(ref=5, remove=True, source="src", rooms=("d1", "d2")),
@@ -50,7 +51,9 @@ SAMPLES: list[wire.Message] = [
     wire.Request(
         ref=9, socket="s1", method="POST", url="/chat/join", headers=b'{"a":"b"}', data=b"[1]"
     ),
-    wire.HelloAck(ref=10, epoch="e1", protocol_version=2, heartbeat_interval_ms=500),
+    wire.HelloAck(
+        ref=10, epoch="e1", protocol_version=2, heartbeat_interval_ms=500, heartbeat_acks=True
+    ),
     wire.Reply(
         ref=2**64 - 1,
         status=404,
