@@ -106,8 +106,8 @@ class Upstream:
         self._hello_failures = 0  # Hellos in a row that found nothing connected
         self._conflict = False  # our id is held by another live process (logged once a streak)
         self._beat_acks = False  # the router answers our numbered heartbeats
-        self._beat_refs: dict[int, None] = {}  # heartbeats awaiting an answer, oldest first
-        self._beat_answered = 0.0  # when the router last answered one
+        # Numbered heartbeats awaiting their answer -> when each was sent, oldest first.
+        self._beat_refs: dict[int, float] = {}
 
     def _link(
         self, ctx: zmq.Context[zmq.Socket[bytes]], index: int
@@ -269,8 +269,11 @@ class Upstream:
 
     def _on_reply(self, reply: wire.Reply) -> None:
         if reply.ref in self._beat_refs:
-            del self._beat_refs[reply.ref]
-            self._beat_answered = time.monotonic()
+            # Answers come in order: this one also stands for any older one still listed.
+            for ref in list(self._beat_refs):
+                del self._beat_refs[ref]
+                if ref == reply.ref:
+                    break
             return
         if reply.ref == self._resync_ref and self.state == "resync":
             self.state = "ready"
@@ -348,7 +351,6 @@ class Upstream:
         self._last_beat = now
         self._beat_acks = ack.heartbeat_acks
         self._beat_refs.clear()
-        self._beat_answered = now
         self.state = "resync"
         batch: list[wire.SocketRooms] = []
         size = self.config.resync_batch_sockets
@@ -387,7 +389,7 @@ class Upstream:
         if not self._beat_acks:
             return wire.Heartbeat(node_id=self.node_id)
         ref = self.new_ref()
-        self._beat_refs[ref] = None
+        self._beat_refs[ref] = time.monotonic()
         if len(self._beat_refs) > _MAX_BEATS_IN_FLIGHT:
             del self._beat_refs[next(iter(self._beat_refs))]
         return wire.Heartbeat(node_id=self.node_id, ref=ref)
@@ -466,19 +468,22 @@ class Upstream:
             if slept > interval + self.config.router_timeout_s:
                 # This process was frozen (SIGSTOP, a VM pause, a long stall of the loop): the
                 # router's stream is waiting unread, beats and any gap included. Read it before
-                # judging the router silent, or a gap in it would go uncounted.
+                # judging the router silent, or a gap in it would go uncounted. Heartbeats sent
+                # before the stall are judged no more: the next ones will be.
+                self._beat_refs.clear()
                 continue
             if now - self._last_beat > self.config.router_timeout_s:
                 self.metrics.router_timeouts.inc()
                 log.warning("no router heartbeat for %.1fs", self.config.router_timeout_s)
                 self._restart("router silent")
                 continue
-            if self._beat_acks and now - self._beat_answered > self.config.router_timeout_s:
+            waiting = now - next(iter(self._beat_refs.values()), now)
+            if waiting > self.config.router_timeout_s:
                 # The router beats (it lives) but no longer hears us: our pipe to it is gone.
                 self.metrics.heartbeats_unanswered.inc()
                 log.warning(
                     "the router has not answered a heartbeat for %.1fs: saying Hello again",
-                    now - self._beat_answered,
+                    waiting,
                 )
                 self._restart("heartbeats unanswered")
                 continue
