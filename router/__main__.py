@@ -80,6 +80,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         "--history-ttl", type=float, default=300.0, help="seconds a message is kept"
     )
     parser.add_argument(
+        "--history-room-max-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="bytes of history per room (then its oldest messages are evicted; a larger "
+        "message is not kept)",
+    )
+    parser.add_argument(
+        "--history-max-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="bytes of history in all rooms (then the least recently written room's oldest "
+        "messages are evicted)",
+    )
+    parser.add_argument(
+        "--history-max-rooms",
+        type=int,
+        default=10_000,
+        help="rooms with a history (then the least recently written one is forgotten)",
+    )
+    parser.add_argument(
         "--curve-secret-key",
         default="",
         help="CURVE: this router's .key_secret certificate (a pair shares one); with "
@@ -120,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         history_rooms=tuple(args.history_rooms),
         history_size=args.history_size,
         history_ttl_s=args.history_ttl,
+        history_room_max_bytes=args.history_room_max_bytes,
+        history_max_bytes=args.history_max_bytes,
+        history_max_rooms=args.history_max_rooms,
         role=args.role,
         peer_bind=args.peer_bind,
         peer_connect=args.peer_connect,

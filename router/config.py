@@ -29,6 +29,9 @@ class RouterConfig:
     history_rooms: tuple[str, ...] = ()
     history_size: int = 100  # messages per room
     history_ttl_s: float = 300.0
+    history_room_max_bytes: int = 1024 * 1024  # per room; its oldest messages go first
+    history_max_bytes: int = 64 * 1024 * 1024  # all rooms; the least recently written room pays
+    history_max_rooms: int = 10_000  # then the least recently written room is forgotten
     presence_interval_s: float = 0.2  # coalescing window of presence events
     # Action workers
     worker_timeout_s: float = 5.0  # silent this long: no longer sent requests

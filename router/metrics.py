@@ -69,6 +69,14 @@ class RouterMetrics:
             ("status",),
         )
         self.worker_expired = counter("worker_expired_total", "Action workers expired.")
+        self.history_evicted = counter(
+            "history_evicted_total",
+            "History evicted before its TTL, by reason: room_bytes, total_bytes, too_large "
+            "(messages) and rooms (whole rooms, past --history-max-rooms).",
+            ("reason",),
+        )
+        self.history_bytes = gauge("history_bytes", "Bytes kept in message history.")
+        self.history_rooms = gauge("history_rooms", "Rooms with a message history.")
         self.gateways = gauge("gateways", "Live gateways.")
         self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")
         self.rooms = gauge("rooms", "Non-empty rooms, own-id rooms included.")

@@ -132,6 +132,8 @@ class Router:
             max_held=config.commands_hwm_messages,
         )
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
+        metrics.history_bytes.set_function(lambda: self.history.bytes())
+        metrics.history_rooms.set_function(lambda: self.history.rooms())
         metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
 
     def _new_history(self) -> History:
@@ -140,7 +142,14 @@ class Router:
             size=self.config.history_size,
             ttl_s=self.config.history_ttl_s,
             epoch=self.epoch,
+            room_max_bytes=self.config.history_room_max_bytes,
+            max_bytes=self.config.history_max_bytes,
+            max_rooms=self.config.history_max_rooms,
         )
+
+    def _count_evictions(self) -> None:
+        for reason, n in self.history.take_evictions().items():
+            self.metrics.history_evicted.labels(reason).inc(n)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -198,6 +207,7 @@ class Router:
         transitions = self.topology.take_transitions()
         if transitions:
             self.publisher.presence.add(transitions)
+        self._count_evictions()
         self.metrics.batch_size.observe(len(batch))
         for kind, n in kinds.items():
             self.metrics.commands.labels(kind).inc(n)
