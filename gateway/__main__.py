@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--abuse-strikes",
         type=int,
         default=d.abuse_strikes,
-        help="refused frames in a row before close 4003",
+        help="refused frames (pings included) before close 4003; reset only once the client "
+        "slowed down enough to refill half its --frame-burst",
     )
     p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)

@@ -52,7 +52,7 @@ class GatewayConfig:
     max_connections: int = 100_000  # then 503 before the upgrade
     max_frames_per_s: float = 1000.0  # per connection, inbound; then 429
     frame_burst: int = 2000
-    abuse_strikes: int = 200  # refused frames in a row; then close 4003
+    abuse_strikes: int = 200  # refused frames before the bucket is half full again; then 4003
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009

@@ -156,6 +156,11 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.disconnect(CloseCode.ABUSE, "abuse")
         return True
 
+    def on_ping(self, data: bytes) -> None:
+        # Tornado answers every ping itself: a ping flood spends the same budget as any frame,
+        # so it ends in 4003 like one.
+        self.over_limit()
+
     def open(self, *args: str, **kwargs: str) -> None:
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None and type(stream) is IOStream:

@@ -8,7 +8,6 @@ bystander's p99 (``-s`` shows them).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,8 @@ import pytest
 
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
-from tests.integration.harness import Cluster, Metrics, fresh_room, http_get, start_cluster
+from tests.integration.harness import Cluster, Metrics, http_get, start_cluster
+from tests.integration.load import Bystander, p99_ms, rss_bytes
 
 MIB = 1024 * 1024
 DEFAULT_TOTAL = 64 * MIB  # --history-max-bytes default
@@ -24,46 +24,10 @@ ROOMS = 160
 SIZE = 900 * 1024  # under the 1 MiB publish bound; ~140 MB in all
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def router_metrics(cluster: Cluster) -> Metrics:
     status, text = http_get(cluster.router.info["http"] + "/metrics")
     assert status == 200
     return Metrics(text)
-
-
-class Bystander(threading.Thread):
-    """Round trips (a broadcast to its own room, echoed back) until stopped; bounded."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(name="bystander", daemon=True)
-        self.client = cluster.ws(1)
-        self.room = fresh_room("bystander")
-        self.client.join(self.room)
-        self.stop = threading.Event()
-        self.latencies: list[float] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            until = time.monotonic() + 60 * T
-            while not self.stop.is_set() and time.monotonic() < until:
-                started = time.monotonic()
-                self.client.broadcast(self.room, {"t": started}, echo=True)
-                self.client.next_event(10 * T, what="the bystander's echo")
-                self.latencies.append(time.monotonic() - started)
-        except BaseException as exc:  # handed to the test
-            self.error = exc
-
-    def p99_ms(self) -> float:
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[int(0.99 * (len(ordered) - 1))]
 
 
 @pytest.fixture
@@ -80,14 +44,14 @@ def test_large_messages_to_many_history_rooms_stay_within_the_default_bound(
 
     pid = cluster.router.popen.pid
     sdk = SyncCluster(cluster.commands)
-    bystander = Bystander(cluster)
+    bystander = Bystander(cluster.gateways[1].ws_url)
     try:
         sdk.sockets.count("warm-up")  # the SDK link exists before the baseline
         before = rss_bytes(pid)
         bystander.start()
-        deadline_poll(lambda: len(bystander.latencies) >= 5, 10 * T, message="bystander warm")
-        baseline_p99 = bystander.p99_ms()
-        mark = len(bystander.latencies)
+        deadline_poll(lambda: bystander.mark() >= 5, 10 * T, message="bystander warm")
+        baseline_p99 = p99_ms(bystander.latencies)
+        mark = bystander.mark()
         payload = {"blob": "x" * SIZE}
         started = time.monotonic()
         for i in range(ROOMS):
@@ -95,14 +59,12 @@ def test_large_messages_to_many_history_rooms_stay_within_the_default_bound(
         sdk.sockets.count("sync")  # every publish before this one was applied
         flood_s = time.monotonic() - started
         after = rss_bytes(pid)
-        during = sorted(bystander.latencies[mark:])
-        bystander.stop.set()
-        bystander.join(10 * T)
-        assert bystander.error is None, bystander.error
+        during = bystander.latencies[mark:]
+        bystander.finish()
         m = router_metrics(cluster)
         kept = m.get("roomcast_router_history_bytes")
         evicted = m.get("roomcast_router_history_evicted_total", reason="total_bytes")
-        p99 = 1000 * during[int(0.99 * (len(during) - 1))] if during else 0.0
+        p99 = p99_ms(during)
         print(
             f"\nhistory flood: {ROOMS} x {SIZE} B in {flood_s:.1f}s; router RSS "
             f"{before / MIB:.0f} -> {after / MIB:.0f} MiB; history {kept / MIB:.1f} MiB kept, "
@@ -115,5 +77,6 @@ def test_large_messages_to_many_history_rooms_stay_within_the_default_bound(
         # Without the bound the router would hold all ~140 MB until the TTL.
         assert after - before < DEFAULT_TOTAL + 40 * MIB, (before, after)
     finally:
-        bystander.stop.set()
+        bystander.stopping.set()
+        bystander.client.close()
         sdk.close()
