@@ -27,7 +27,7 @@ from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
-from roomcast.core.errors import Forbidden, RoomcastError
+from roomcast.core.errors import ActionFailed, Forbidden, RoomcastError
 
 __all__ = ["Gateway"]
 
@@ -279,6 +279,14 @@ class Gateway:
         timeout = self.config.request_timeout_s if slow else None
         reply = await self.upstream.call(make, timeout_s=timeout)
         self.metrics.command_duration.labels(name).observe(time.perf_counter() - started)
+        size = len(reply.body) + len(reply.headers)
+        limit = self.config.max_send_queue_bytes // 2
+        if name == "request" and size > limit:
+            # Queued, it would cut the asker off as a slow consumer (4001): an error instead.
+            raise ActionFailed(
+                f"the action's response of {size} bytes is larger than a connection may be "
+                f"sent at once ({limit} bytes)"
+            )
         return reply
 
     def count_error(self, err: RoomcastError) -> None:

@@ -76,6 +76,11 @@ class RouterMetrics:
             ("reason",),
         )
         self.history_bytes = gauge("history_bytes", "Bytes kept in message history.")
+        self.recoveries_too_large = counter(
+            "recoveries_too_large_total",
+            "Recovery answers larger than the asker's connection could queue, answered "
+            "recovered=false instead.",
+        )
         self.history_rooms = gauge("history_rooms", "Rooms with a message history.")
         self.gateways = gauge("gateways", "Live gateways.")
         self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")

@@ -32,7 +32,7 @@ from roomcast.core.errors import (
     RouterUnavailable,
     WireError,
 )
-from roomcast.core.rooms import validate_rooms
+from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.curve import ServerCurve
 from roomcast.zmqio import Batch, BatchReader, bind
@@ -40,7 +40,7 @@ from router import queries
 from router.bstar import Decision, Role, State
 from router.config import RouterConfig
 from router.failover import Failover
-from router.history import History
+from router.history import History, Recovery
 from router.links import GATEWAY_ID_PREFIX, Links, error_reply, gateway_of
 from router.metrics import RouterMetrics
 from router.peer import Pair, PairConfig
@@ -146,6 +146,12 @@ class Router:
             max_bytes=self.config.history_max_bytes,
             max_rooms=self.config.history_max_rooms,
         )
+
+    def _recovery(self, since: Recovery, max_bytes: int) -> bytes:
+        body, fits = queries.recovery_within(since, max_bytes)
+        if not fits:
+            self.metrics.recoveries_too_large.inc()
+        return body
 
     def _count_evictions(self) -> None:
         for reason, n in self.history.take_evictions().items():
@@ -289,7 +295,8 @@ class Router:
                 # the asker's stream carries before any later live delivery for the room.
                 self._apply(identity, gateway, 0, changes)
                 since = self.history.since(msg.rooms[0], msg.since_epoch, msg.since_offset, now)
-                reply(identity, gateway, wire.Reply(ref=msg.ref, body=queries.recovery(since)))
+                body = self._recovery(since, msg.recover_max_bytes)
+                reply(identity, gateway, wire.Reply(ref=msg.ref, body=body))
             else:
                 self._apply(identity, gateway, msg.ref, changes)
         elif isinstance(msg, wire.SocketOpen):
@@ -310,7 +317,13 @@ class Router:
             if gateway is not None and msg.ref:
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.Query):
-            reply(identity, gateway, queries.answer(msg, topo, self.history, time.monotonic()))
+            if msg.kind is wire.QueryKind.RECOVER:
+                room = validate_room(msg.target)
+                since = self.history.since(room, msg.epoch, msg.offset, time.monotonic())
+                body = self._recovery(since, msg.max_bytes)
+                reply(identity, gateway, wire.Reply(ref=msg.ref, body=body))
+            else:
+                reply(identity, gateway, queries.answer(msg, topo, self.history, time.monotonic()))
         elif isinstance(msg, wire.LeaveAll):
             self._apply(identity, gateway, msg.ref, topo.leave_all(msg.room))
         elif isinstance(msg, wire.CopyMembers):

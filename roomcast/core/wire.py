@@ -161,6 +161,7 @@ class Membership:
     since_epoch: str = ""
     since_offset: int = 0
     client: bool = False
+    recover_max_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +202,7 @@ class Query:
     target: str = ""
     epoch: str = ""
     offset: int = 0
+    max_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

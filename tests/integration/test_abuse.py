@@ -6,6 +6,8 @@
   all), counted, while a bystander on the same gateway keeps being served (its p99 is printed).
 * A client can never join another socket's own-id room, whatever the join policy (here the
   development policy, ``*``): that room carries the other socket's private messages.
+* An action response larger than a connection may queue is an error to the requester, not a
+  slow-consumer close (4001).
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
-from tests.integration.harness import Cluster, Metrics, http_get, raw_ws_client, start_cluster
+from tests.integration.harness import (
+    Cluster,
+    Metrics,
+    Proc,
+    http_get,
+    raw_ws_client,
+    run_all,
+    start_cluster,
+)
 from tests.integration.load import Bystander, p99_ms
 
 MAX_FRAMES = 2_000_000  # every flood is bounded in count...
@@ -176,3 +187,32 @@ def test_a_client_cannot_join_another_sockets_own_room(cluster: Cluster) -> None
     victim.broadcast(victim.id, {"private": True}, echo=True)
     assert victim.next_event(5 * T).data == {"private": True}
     intruder.expect_no_event(0.3 * T)
+
+
+def test_an_action_response_over_the_send_queue_bound_is_an_error_not_a_4001() -> None:
+    """The finding: a response larger than the connection's send queue disconnected the
+    requester with 4001 (slow consumer). Now the requester gets a 500 action_failed."""
+    small = start_cluster(gateways=1, gateway_args=["--max-send-queue-bytes", str(64 * 1024)])
+    worker = Proc(
+        "limits-worker",
+        ["-m", "roomcast.cli", "worker", "tests.integration.apps_limits:limits",
+         "--router", small.commands],
+    )  # fmt: skip
+    try:
+        worker.wait_ready()
+        client = small.ws(0)
+
+        def served() -> dict[str, Any] | None:
+            reply = client.request("request", method="GET", url="/blob/1")
+            return reply if reply["statusCode"] == 200 else None
+
+        deadline_poll(served, 10 * T, message="the worker serving")
+        reply = client.request("request", method="GET", url="/blob/200")  # > 32 KiB
+        assert reply["statusCode"] == 500, reply
+        assert reply["body"]["error"] == "action_failed"
+        assert "larger than a connection may be sent" in reply["body"]["message"]
+        # Still connected and served.
+        assert client.request("request", method="GET", url="/blob/1")["statusCode"] == 200
+    finally:
+        run_all([worker.stop, worker.check_log])
+        small.stop()

@@ -32,6 +32,7 @@ SAMPLES: list[wire.Message] = [
         since_epoch="e.1",
         since_offset=9,
         client=True,
+        recover_max_bytes=65536,
     ),
     wire.LeaveAll(ref=4, room="sails_model_user_7:user"),
     wire.CopyMembers(ref=5, remove=True, source="src", rooms=("d1", "d2")),
@@ -46,7 +47,9 @@ SAMPLES: list[wire.Message] = [
         confirm=True,
         confirm_timeout_ms=2500,
     ),
-    wire.Query(ref=7, kind=wire.QueryKind.MEMBERS, target="room", epoch="e.2", offset=3),
+    wire.Query(
+        ref=7, kind=wire.QueryKind.MEMBERS, target="room", epoch="e.2", offset=3, max_bytes=9
+    ),
     wire.Resync(ref=8, sockets=ROOMS, last=True),
     wire.Request(
         ref=9, socket="s1", method="POST", url="/chat/join", headers=b'{"a":"b"}', data=b"[1]"
