@@ -10,7 +10,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
 
 import tornado.httpserver
 import tornado.netutil
@@ -22,6 +22,7 @@ from gateway.api import Api
 from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
+from gateway.listener import Listener
 from gateway.metrics import GatewayMetrics
 from roomcast import curve
 from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
@@ -116,7 +117,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         help="room pattern clients may broadcast to (repeatable)",
     )
     # Abuse limits
-    p.add_argument("--max-connections", type=int, default=d.max_connections, help="then 503")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="then 503; connections still sending their request count too, and the cap is "
+        "lowered to what the open-files limit allows",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        help="seconds for a request's headers to arrive (both ports), then the connection closes",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds for a request's body to arrive (both ports), then the connection closes",
+    )
     p.add_argument(
         "--max-frames-per-second",
         type=float,
@@ -200,6 +219,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         client_join=tuple(a.client_join),
         client_publish=tuple(a.client_publish),
         max_connections=a.max_connections,
+        header_timeout_s=a.header_timeout,
+        body_timeout_s=a.body_timeout,
         max_frames_per_s=a.max_frames_per_second,
         frame_burst=a.frame_burst,
         abuse_strikes=a.abuse_strikes,
@@ -268,12 +289,46 @@ def load_api_keys(path: str, env_value: str) -> tuple[str, ...]:
 
 
 def _listen(
-    app: tornado.web.Application, host: str, port: int, *, max_body_size: int | None = None
-) -> tuple[Any, int]:
+    app: tornado.web.Application,
+    host: str,
+    port: int,
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    *,
+    admit: Callable[[int], bool] = lambda pending: True,
+    max_body_size: int | None = None,
+) -> tuple[Listener, int]:
     sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
-    server = tornado.httpserver.HTTPServer(app, max_body_size=max_body_size)
+    server = Listener(
+        app,
+        max_body_size=max_body_size,
+        idle_connection_timeout=config.header_timeout_s,
+        body_timeout=config.body_timeout_s,
+    )
+    server.limit(
+        admit=admit,
+        refused=lambda: metrics.rejected.labels("max_connections").inc(),
+        accept_failed=lambda reason: metrics.accept_errors.labels(reason).inc(),
+    )
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
+
+
+def connection_caps(max_connections: int, open_files: int, in_use: int) -> tuple[int, int]:
+    """(soft, hard): --max-connections, lowered so that clients never take the descriptors the
+    process needs for everything else (``in_use`` now, plus a reserve for the internal port,
+    health checks and the API's router link). Past ``soft`` a request is answered 503 once
+    read; past ``hard`` (a quarter of the reserve later) a connection is closed at accept."""
+    reserve = min(1024, max(open_files // 4, 64))
+    soft = max(1, min(max_connections, open_files - in_use - reserve))
+    return soft, soft + reserve // 4
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: only the reserve is kept
+        return 0
 
 
 async def serve(config: GatewayConfig) -> None:
@@ -284,7 +339,27 @@ async def serve(config: GatewayConfig) -> None:
     gateway.start()
     if config.curve_key:
         log.info("CURVE on: the links to the router are encrypted and authenticated")
-    public, port = _listen(make_public_app(gateway), config.host, config.port)
+    open_files, in_use = resource.getrlimit(resource.RLIMIT_NOFILE)[0], _descriptors_in_use()
+    cap, hard = connection_caps(config.max_connections, open_files, in_use)
+    if cap < config.max_connections:
+        log.warning(
+            "--max-connections %d lowered to %d by the open-files limit (%d, %d in use)",
+            config.max_connections,
+            cap,
+            open_files,
+            in_use,
+        )
+    gateway.connection_cap = cap
+    public, port = _listen(
+        make_public_app(gateway),
+        config.host,
+        config.port,
+        config,
+        metrics,
+        admit=lambda pending: pending + len(gateway.conns) < hard,
+    )
+    gateway.pending_connections = lambda: public.pending
+    metrics.pending_connections.set_function(lambda: public.pending)
     api = Api(
         config.router,
         config.api_keys,
@@ -299,6 +374,8 @@ async def serve(config: GatewayConfig) -> None:
         make_internal_app(gateway, registry, api),
         config.internal_host,
         config.internal_port,
+        config,
+        metrics,
         # Above our own limit, so oversize bodies get our 413 rather than a dropped connection.
         max_body_size=4 * config.api_max_body_bytes,
     )

@@ -49,7 +49,9 @@ class GatewayConfig:
     client_join: tuple[str, ...] = ()  # room patterns clients may join/leave (dev: "*")
     client_publish: tuple[str, ...] = ()  # room patterns clients may broadcast to (dev: "*")
     # Abuse limits
-    max_connections: int = 100_000  # then 503 before the upgrade
+    max_connections: int = 100_000  # then 503 (connections before their upgrade count too)
+    header_timeout_s: float = 10.0  # request headers must arrive within, on both ports
+    body_timeout_s: float = 30.0  # a request body must arrive within, on both ports
     max_frames_per_s: float = 1000.0  # per connection, inbound; then 429
     frame_burst: int = 2000
     abuse_strikes: int = 200  # refused frames before the bucket is half full again; then 4003

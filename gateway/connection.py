@@ -106,7 +106,8 @@ class Connection(tornado.websocket.WebSocketHandler):
         if gateway.draining:
             self.refuse_http(503, "draining", "this gateway is shutting down: connect to another")
             return
-        if len(gateway.conns) >= gateway.config.max_connections:
+        others = max(gateway.pending_connections() - 1, 0)  # half-open ones count too
+        if len(gateway.conns) + others >= gateway.connection_cap:
             self.refuse_http(503, "max_connections", "this gateway is full: connect to another")
             return
         origin = self.request.headers.get("Origin")

@@ -48,6 +48,10 @@ class Gateway:
         # token, or set by a backend; replayed to the router on resync.
         self.identities: dict[str, tuple[str, bytes]] = {}
         self.conns: dict[str, Connection] = {}
+        # --max-connections as the open-files limit allows, and the public connections still
+        # in their HTTP exchange (this one included): both set by the process's edge.
+        self.connection_cap = config.max_connections
+        self.pending_connections: Callable[[], int] = lambda: 0
         self.draining = False
         self.outlets: dict[str, Outlet] = {}  # the delivery loop's view of self.conns
         self._dirty: list[Outlet] = []

@@ -106,6 +106,17 @@ class GatewayMetrics:
             "longer reached the router): the gateway went not-ready and said Hello again.",
         )
         self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
+        self.accept_errors = counter(
+            "accept_errors_total",
+            "accept() calls that ran out of resources (emfile, enfile, enobufs, enomem): "
+            "accepting paused for a backoff.",
+            ("reason",),
+        )
+        self.pending_connections = gauge(
+            "pending_connections",
+            "Public connections still in their HTTP exchange (before the WebSocket upgrade); "
+            "they count toward --max-connections.",
+        )
         self.delivery_latency = histogram(
             "delivery_latency_seconds", "Router accept to frames queued for clients."
         )
