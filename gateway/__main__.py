@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--sio-connect-timeout",
         type=float,
         default=d.sio_connect_timeout_s,
-        help="Socket.IO v4 clients must CONNECT within (s), then 1008",
+        help="Socket.IO v4 clients must CONNECT (and so present their token) within (s), then 1008",
     )
     p.add_argument("--ping-interval", type=float, default=d.ping_interval_s, help="seconds")
     p.add_argument("--ping-timeout", type=float, default=d.ping_timeout_s, help="seconds")

@@ -60,7 +60,9 @@ class GatewayConfig:
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
     sio_ping_interval_s: float = 25.0  # Engine.IO heartbeats (Sails' defaults)
     sio_ping_timeout_s: float = 60.0
-    sio_connect_timeout_s: float = 45.0  # EIO4: CONNECT "/" due within (Socket.IO's default)
+    # EIO4: CONNECT "/" (which may carry the token) due within; until then the connection
+    # holds a --max-connections slot unauthenticated (Socket.IO's own default is 45 s)
+    sio_connect_timeout_s: float = 5.0
     ping_interval_s: float = 25.0  # WebSocket-level pings on every connection
     ping_timeout_s: float = 20.0  # no pong (or any frame) this long after a ping: close
     # Shutdown

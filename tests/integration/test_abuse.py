@@ -8,6 +8,7 @@
   development policy, ``*``): that room carries the other socket's private messages.
 * An action response larger than a connection may queue is an error to the requester, not a
   slow-consumer close (4001).
+* A Socket.IO v4 connection that never sends CONNECT (nor so its token) is closed in seconds.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import (
+    _LEGACY,
     Cluster,
     Metrics,
     Proc,
@@ -216,3 +220,25 @@ def test_an_action_response_over_the_send_queue_bound_is_an_error_not_a_4001() -
     finally:
         run_all([worker.stop, worker.check_log])
         small.stop()
+
+
+def test_a_socketio_v4_client_that_never_connects_is_closed_within_seconds(
+    cluster: Cluster,
+) -> None:
+    """The finding: a v4 connection without CONNECT (so without its token) held a
+    --max-connections slot for 45 s. At the default --sio-connect-timeout it is 5 s."""
+    url = cluster.gateways[0].public.replace("http://", "ws://", 1)
+    url += "/socket.io/?EIO=4&transport=websocket"
+    before = gw_metrics(cluster).get("roomcast_gateway_disconnects_total", reason="connect_timeout")
+    with connect(url, open_timeout=10 * T, proxy=None, **_LEGACY) as conn:
+        opened = time.monotonic()
+        first = conn.recv(5 * T)
+        assert isinstance(first, str) and first.startswith("0{"), first
+        with pytest.raises(ConnectionClosed) as closed:
+            while time.monotonic() - opened < 20 * T:
+                conn.recv(20 * T)
+        waited = time.monotonic() - opened
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+    assert 4.5 < waited < 5 + 2 * T, waited
+    after = gw_metrics(cluster).get("roomcast_gateway_disconnects_total", reason="connect_timeout")
+    assert after == before + 1

@@ -500,6 +500,9 @@ BAD_TOKENS: list[Any] = [
     pytest.param(lambda: token(sub=DROP), "token lacks the sub claim", id="missing-sub"),
     pytest.param(lambda: token(sub=7), "token sub must be a non-empty string", id="int-sub"),
     pytest.param(
+        lambda: token(sub="u" * 257), "token sub is longer than 256 bytes", id="sub-too-long"
+    ),
+    pytest.param(
         lambda: token(rooms=7),
         "token claim rooms must be a list of room patterns",
         id="bad-rooms-claim",
