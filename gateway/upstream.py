@@ -55,6 +55,7 @@ __all__ = ["Upstream", "UpstreamHandler"]
 log = logging.getLogger("roomcast.gateway.upstream")
 
 _GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
+_RESYNC_BATCH_BYTES = 1024 * 1024
 _MAX_BEATS_IN_FLIGHT = 64  # numbered heartbeats awaiting their answer (older ones forgotten)
 SUB_BATCH = 64
 _MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is given
@@ -353,12 +354,16 @@ class Upstream:
         self._beat_refs.clear()
         self.state = "resync"
         batch: list[wire.SocketRooms] = []
-        size = self.config.resync_batch_sockets
+        size, nbytes = self.config.resync_batch_sockets, 0
         for item in self.handler.resync_state():
             batch.append(item)
-            if len(batch) >= size:
+            nbytes += len(item.socket) + len(item.user) + len(item.meta) + 8
+            nbytes += sum(len(room) + 2 for room in item.rooms)
+            # Bounded in bytes too: the router's commands port refuses messages over
+            # --max-message-bytes (16 MiB), and sockets in many long rooms add up.
+            if len(batch) >= size or nbytes >= _RESYNC_BATCH_BYTES:
                 self._send_quiet(wire.Resync(sockets=tuple(batch)))
-                batch = []
+                batch, nbytes = [], 0
         self._resync_ref = self.new_ref()
         self._send_quiet(wire.Resync(ref=self._resync_ref, sockets=tuple(batch), last=True))
 

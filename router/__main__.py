@@ -111,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         help="CURVE: directory of the public .key certificates of the gateways, workers and "
         "SDK clients allowed to connect",
     )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="largest message a peer may send on the commands port (ZMQ_MAXMSGSIZE); a peer "
+        "that sends a larger one is disconnected by ZeroMQ",
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -149,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         peer_timeout_s=args.peer_timeout,
         curve_secret_key=args.curve_secret_key,
         curve_authorized_keys=args.curve_authorized_keys,
+        max_message_bytes=args.max_message_bytes,
         drain_timeout_s=args.drain_timeout,
     )
     return config, args.http_host, args.http_port, args.log_level

@@ -23,6 +23,10 @@ class RouterConfig:
     max_rooms_per_socket: int = 1000
     fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
     commands_hwm_messages: int = 200_000
+    # ZMQ_MAXMSGSIZE on the commands port: a peer that sends a larger message is disconnected
+    # by ZeroMQ before it is buffered (publishes are bounded far below; gateways' resync
+    # batches stay under 1 MiB)
+    max_message_bytes: int = 16 * 1024 * 1024
     # Presence events: rooms matching these globs (or flagged by a backend) push join/leave
     presence_rooms: tuple[str, ...] = ()
     # Message history for recovery: rooms matching these globs keep their last messages

@@ -84,6 +84,7 @@ class Router:
         # Sends to a peer that is gone fail loudly instead of vanishing (then we can reroute).
         self._commands.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._commands.setsockopt(zmq.RCVHWM, config.commands_hwm_messages)
+        self._commands.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
         self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
         self._fanout = ctx.socket(zmq.XPUB)
         self.curve.server.apply(self._fanout)

@@ -333,3 +333,35 @@ def test_a_gateway_whose_heartbeats_go_unanswered_says_hello_again() -> None:
         run_all([gw.stop, gw.check_log])
         fake.stopping.set()
         fake.join(10 * T)
+
+
+def test_the_commands_port_refuses_messages_over_its_size_bound(router: Proc) -> None:
+    """ZMQ_MAXMSGSIZE (--max-message-bytes, 16 MiB): a larger message is dropped with its
+    connection by ZeroMQ before the router buffers or decodes it; the peer can reconnect and
+    is served again."""
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(router.info["commands"])
+    try:
+        before = _metrics(router.info["http"])
+        peer.send(b"\x00" * (17 * 1024 * 1024))  # not even a frame: a wire error if decoded
+        ref = 0
+
+        def answered() -> bool:
+            nonlocal ref
+            ref += 1
+            peer.send(wire.encode(wire.Query(ref=ref, kind=wire.QueryKind.COUNT, target="r")))
+            while peer.poll(int(100 * T)):
+                msg = wire.decode(peer.recv())
+                if isinstance(msg, wire.Reply) and msg.status == 200:
+                    return True
+            return False
+
+        deadline_poll(answered, 10 * T, message="the peer served again")
+        after = _metrics(router.info["http"])
+        wire_errors = "roomcast_router_wire_errors_total"
+        assert after.get(wire_errors) == before.get(wire_errors)  # never reached the router
+    finally:
+        peer.close()
+        ctx.term()
