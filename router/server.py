@@ -87,7 +87,7 @@ class Router:
         self._commands.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
         self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
         self._fanout = ctx.socket(zmq.XPUB)
-        self.curve.server.apply(self._fanout)
+        self.curve.fanout.apply(self._fanout)  # with CURVE on: gateway keys only
         self._fanout.setsockopt(zmq.LINGER, int(config.drain_timeout_s * 1000))
         self._fanout.setsockopt(zmq.SNDHWM, config.fanout_hwm_messages)
         # Without NODROP a full pipe drops silently; with it the send fails and we can count it.

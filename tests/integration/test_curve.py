@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import zmq
 
 from roomcast import Cluster as SdkCluster
-from roomcast import RouterUnavailable, SyncCluster, Timeout
+from roomcast import RouterUnavailable, SyncCluster, Timeout, curve
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import (
@@ -430,3 +431,43 @@ def test_router_refuses_bad_key_files(keys: Keys, tmp_path: pathlib.Path) -> Non
         assert result.returncode in (1, 2), result
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------- key roles
+
+
+def _fanout_reader(cc: CurveCluster, name: str) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
+    """A raw SUB on the cluster topic of the fanout, holding ``name``'s key."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret(name), cc.keys.public("router")).apply(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(cc.cluster.router.info["fanout"])
+    return ctx, sub
+
+
+@pytest.mark.parametrize("name", ["backend", "worker"])
+def test_only_gateway_keys_may_read_the_fanout(cc: CurveCluster, name: str) -> None:
+    """The finding: an SDK backend's key could read the whole fanout (every payload, every
+    gateway id). Keys have roles by file name; the fanout admits gateway keys only."""
+    refused = router_metrics(cc.cluster).get("roomcast_router_curve_refused_total")
+    offset = cc.cluster.router.log_size()
+    ctx, gateway_sub = _fanout_reader(cc, "gateway")
+    other_ctx, other_sub = _fanout_reader(cc, name)
+    try:
+        # The gateway key hears the router's beats (sent every heartbeat interval)...
+        assert gateway_sub.poll(int(10_000 * T)), "the gateway key read nothing"
+        # ...and by then the other key's handshake was refused, counted and logged.
+        deadline_poll(
+            lambda: router_metrics(cc.cluster).get("roomcast_router_curve_refused_total") > refused,
+            10 * T,
+            message="the refusal counted",
+        )
+        assert not other_sub.poll(0), f"the {name} key read the fanout"
+        log = cc.cluster.router.log_text()[offset:]
+        assert f"its key's role ({name}) may not use the fanout" in log
+    finally:
+        for sock, context in ((gateway_sub, ctx), (other_sub, other_ctx)):
+            sock.close()
+            context.term()
