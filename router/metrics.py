@@ -56,8 +56,9 @@ class RouterMetrics:
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
         self.claims_refused = counter(
             "claims_refused_total",
-            "Commands refused because the sender claimed an id another live peer holds, by "
-            "what (gateway: another process's gateway id; socket: another gateway's socket id).",
+            "Commands refused because the sender claimed an id another live peer holds, or a "
+            "role its CURVE key lacks, by what (gateway: another process's gateway id; socket: "
+            "another gateway's socket id; role: a non-gateway key speaking as a gateway).",
             ("what",),
         )
         self.requests_forwarded = counter(

@@ -53,6 +53,9 @@ __all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
 log = logging.getLogger("roomcast.router")
 
 _CLAIM_LOG_INTERVAL_S = 10.0  # refused claims are counted each; logged at most this often
+# CURVE key roles that may speak as a gateway (roomcast.curve: "router" is the router's own key,
+# "any" a key named without a role prefix).
+_GATEWAY_ROLES = frozenset({"gateway", "router", "any"})
 
 
 class Router:
@@ -100,7 +103,8 @@ class Router:
             self.workers, self.links, metrics, timeout_s=config.request_timeout_s
         )
         self._readers = [
-            BatchReader(self._commands, self._on_commands),
+            # With CURVE on, each command comes with its key's role (the ZAP User-Id).
+            BatchReader(self._commands, self._on_commands, user_id=self.curve.enabled),
             BatchReader(self._fanout, _ignore_subscriptions),
         ]
         self._beat_task: asyncio.Task[None] | None = None
@@ -199,11 +203,18 @@ class Router:
     def _on_commands(self, batch: Batch) -> None:
         kinds: Tally[str] = Tally()
         now = time.monotonic()
+        roles = self.curve.enabled
         for parts in batch:
-            if len(parts) != 2:
+            if len(parts) != 2 + roles:
                 self.metrics.wire_errors.inc()
                 continue
-            identity, body = parts
+            identity, body = parts[0], parts[1]
+            if roles and identity.startswith(GATEWAY_ID_PREFIX):
+                role = parts[2].decode("ascii", "replace")
+                if role not in _GATEWAY_ROLES:
+                    # A backend's or worker's key speaking as a gateway: refused, whatever it says.
+                    self._refuse_role(identity, role)
+                    continue
             try:
                 msg = wire.decode(body)
             except WireError:
@@ -247,6 +258,17 @@ class Router:
             self._fail(identity, gateway, msg, InternalError("internal error"))
         if self.pair is not None and len(self.links.gateways) != known:
             self.pair.announce()  # the backup learns at once whom to wait for after a failover
+
+    def _refuse_role(self, identity: bytes, role: str) -> None:
+        self.metrics.claims_refused.labels("role").inc()
+        now = time.monotonic()
+        if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+            self._claim_logged = now
+            log.warning(
+                "refused gateway commands from a CURVE key whose role is %s (only gateway keys "
+                "may speak as a gateway)",
+                role,
+            )
 
     def _refuse_claim(self, identity: bytes, gateway: str, msg: wire.Message, now: float) -> None:
         """Another process speaks for a live gateway: a second gateway started with the same

@@ -32,6 +32,7 @@ import zmq
 
 from roomcast import Cluster as SdkCluster
 from roomcast import RouterUnavailable, SyncCluster, Timeout, curve
+from roomcast.core import wire
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import (
@@ -471,3 +472,30 @@ def test_only_gateway_keys_may_read_the_fanout(cc: CurveCluster, name: str) -> N
         for sock, context in ((gateway_sub, ctx), (other_sub, other_ctx)):
             sock.close()
             context.term()
+
+
+def test_only_gateway_keys_may_speak_as_a_gateway(cc: CurveCluster) -> None:
+    """A backend's key saying Hello with a gateway's routing id is refused, counted, logged."""
+    offset = cc.cluster.router.log_size()
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret("backend"), cc.keys.public("router")).apply(dealer)
+    dealer.setsockopt(zmq.ROUTING_ID, b"gw:impostor\x00" + b"2" * 32)
+    dealer.connect(cc.commands)
+
+    def refused() -> bool:
+        hello = wire.Hello(ref=1, node_id="impostor", role=wire.Role.GATEWAY)
+        dealer.send(wire.encode(hello))
+        m = router_metrics(cc.cluster)
+        return m.get("roomcast_router_claims_refused_total", what="role") > 0
+
+    try:
+        deadline_poll(refused, 10 * T, message="the impostor refused")
+        assert "only gateway keys may speak as a gateway" in cc.cluster.router.log_text()[offset:]
+        # It never became a gateway of the router.
+        m = router_metrics(cc.cluster)
+        assert m.get("roomcast_router_gateways") == len(cc.cluster.gateways)
+    finally:
+        dealer.close()
+        ctx.term()
