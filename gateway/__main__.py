@@ -22,7 +22,7 @@ from gateway.api import Api
 from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
-from gateway.listener import Listener
+from gateway.listener import Listener, connection_caps
 from gateway.metrics import GatewayMetrics
 from roomcast import curve
 from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
@@ -312,16 +312,6 @@ def _listen(
     )
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
-
-
-def connection_caps(max_connections: int, open_files: int, in_use: int) -> tuple[int, int]:
-    """(soft, hard): --max-connections, lowered so that clients never take the descriptors the
-    process needs for everything else (``in_use`` now, plus a reserve for the internal port,
-    health checks and the API's router link). Past ``soft`` a request is answered 503 once
-    read; past ``hard`` (a quarter of the reserve later) a connection is closed at accept."""
-    reserve = min(1024, max(open_files // 4, 64))
-    soft = max(1, min(max_connections, open_files - in_use - reserve))
-    return soft, soft + reserve // 4
 
 
 def _descriptors_in_use() -> int:

@@ -31,7 +31,7 @@ import tornado.httpserver
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
-__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "Listener"]
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "Listener", "connection_caps"]
 
 log = logging.getLogger("roomcast.gateway.listener")
 
@@ -141,3 +141,13 @@ class Listener(tornado.httpserver.HTTPServer):
 
         io_loop.add_handler(sock, on_readable, IOLoop.READ)
         return remove
+
+
+def connection_caps(max_connections: int, open_files: int, in_use: int) -> tuple[int, int]:
+    """(soft, hard): --max-connections, lowered so that clients never take the descriptors the
+    process needs for everything else (``in_use`` now, plus a reserve for the internal port,
+    health checks and the API's router link). Past ``soft`` a request is answered 503 once
+    read; past ``hard`` (a quarter of the reserve later) a connection is closed at accept."""
+    reserve = min(1024, max(open_files // 4, 64))
+    soft = max(1, min(max_connections, open_files - in_use - reserve))
+    return soft, soft + reserve // 4
