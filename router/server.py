@@ -329,6 +329,9 @@ class Router:
                 topo.open_sockets(gateway, msg.sockets, msg.users)
             except Conflict:
                 self.metrics.claims_refused.labels("socket").inc()
+                if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+                    self._claim_logged = now
+                    log.warning("refused gateway %s's claim on another gateway's socket", gateway)
                 raise
             reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):

@@ -36,7 +36,7 @@ from tests.integration.harness import (
     run_all,
     start_cluster,
 )
-from tests.integration.load import Bystander, p99_ms
+from tests.integration.load import Bystander, p99_ms, rss_bytes
 
 MAX_FRAMES = 2_000_000  # every flood is bounded in count...
 MAX_SECONDS = 10.0  # ...and in time (times TIMEOUT_UNIT)
@@ -158,8 +158,12 @@ def test_a_sustained_flood_is_closed_4003_at_the_defaults(
         deadline_poll(lambda: bystander.mark() >= 20, 10 * T, message="the bystander warm")
         quiet = p99_ms(bystander.latencies)
         mark = bystander.mark()
+        pid = cluster.gateways[0].proc.popen.pid
+        before = rss_bytes(pid)
         code, sent, seconds = flood(cluster, kind, rate)
+        after = rss_bytes(pid)
         during = bystander.latencies[mark:]
+        print(f"\ngateway RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB across the flood")
         print(
             f"\nflood ({'pings' if kind[0] == 0x89 else 'frames'}, {rate or 'max'}/s): close "
             f"{code} after {sent} "

@@ -172,6 +172,9 @@ def test_out_of_file_descriptors_backs_off_and_health_keeps_answering(router: Pr
     gw = Gateway(proc, info["public"], info["internal"])
     pid = proc.popen.pid
     socks: list[socket.socket] = []
+    # A bystander connected before the descriptors run out; it starts its round trips once the
+    # CPU has been measured (its own traffic would count).
+    bystander = Bystander(gw.ws_url)
     try:
         # The public port alone can never exhaust the descriptors: its cap is lowered.
         assert "lowered to" in proc.log_text()
@@ -183,6 +186,7 @@ def test_out_of_file_descriptors_backs_off_and_health_keeps_answering(router: Pr
         for sock in socks:
             sock.close()
         # The internal port has no cap: flood it past the limit, so accept() fails (EMFILE).
+        rss_before = rss_bytes(pid)
         socks = half_open(gw.internal, 2 * limit, b"")
         cpu_before, started = cpu_seconds(pid), time.monotonic()
         deadline_poll(
@@ -193,6 +197,10 @@ def test_out_of_file_descriptors_backs_off_and_health_keeps_answering(router: Pr
         # A second of EMFILE: the accept loop sleeps instead of spinning.
         deadline_poll(lambda: time.monotonic() - started > 1.0, 5 * T)
         busy = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started)
+        bystander.start()
+        deadline_poll(lambda: bystander.mark() >= 50, 10 * T, message="the bystander served")
+        rss_after, during = rss_bytes(pid), bystander.latencies
+        bystander.finish()
         for sock in socks:
             sock.close()
         socks = []
@@ -205,11 +213,16 @@ def test_out_of_file_descriptors_backs_off_and_health_keeps_answering(router: Pr
         m = metrics(gw)
         print(
             f"\nEMFILE: gateway CPU {100 * busy:.0f}% while out of descriptors; "
-            f"{m.get('roomcast_gateway_accept_errors_total'):.0f} paused accepts"
+            f"{m.get('roomcast_gateway_accept_errors_total'):.0f} paused accepts; RSS "
+            f"{rss_before / MIB:.1f} -> {rss_after / MIB:.1f} MiB; bystander p99 "
+            f"{p99_ms(during):.1f} ms while out of descriptors ({len(during)} round trips)"
         )
+        assert during, "the connected bystander was not served while out of descriptors"
         assert m.get("roomcast_gateway_accept_errors_total", reason="emfile") >= 1
         assert busy < 0.5, busy
     finally:
+        bystander.stopping.set()
+        bystander.client.close()
         for sock in socks:
             sock.close()
         proc.stop()
