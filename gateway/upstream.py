@@ -90,7 +90,9 @@ class Upstream:
         self._refused = False  # logged once per refusal streak, not per Hello retry
         self._resync_ref = 0
         self._expected_seq = 0
-        self._next_ref = 0
+        # Refs start at a random point: a second process with our id (refused, but subscribed to
+        # our topic) must not take our HelloAck or replies for its own.
+        self._next_ref = secrets.randbits(48)
         self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
