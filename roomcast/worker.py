@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         await ready.wait()
         print_ready({"router": config.router, "node": worker.node_id, "actions": len(app.routes)})
         await task
+        log.info("worker %s stopped (%d requests served)", worker.node_id, worker.served)
 
     asyncio.run(serve())
     return 0
