@@ -255,6 +255,14 @@ class Upstream:
             self._restart("sequence gap")
             return
         self._expected_seq = seq + 1
+        if isinstance(msg, wire.Bundle):
+            # What the router sent us while handling one batch of commands, in order.
+            for body in msg.bodies:
+                self._on_stream(wire.decode(body), alone=False)
+        else:
+            self._on_stream(msg, alone=alone)
+
+    def _on_stream(self, msg: wire.Message, *, alone: bool) -> None:
         if isinstance(msg, wire.Deliver):
             self.handler.on_deliver(msg, alone=alone)
         elif isinstance(msg, wire.MemberUpdate):

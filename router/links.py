@@ -61,6 +61,7 @@ class Links:
         epoch: Callable[[], str],
     ) -> None:
         self.gateways: dict[str, GatewayLink] = {}
+        self._held: dict[str, list[bytes]] | None = None  # per gateway, while a batch runs
         self._commands = commands
         self._fanout = fanout
         self._metrics = metrics
@@ -69,13 +70,57 @@ class Links:
     def add(self, gateway: str, now: float) -> bool:
         """(Re)start a gateway's stream at sequence 0 (its Hello); whether we knew it already."""
         known = gateway in self.gateways
+        if known and self._held:
+            self._send_held(gateway)  # the old stream's end goes out under its own numbers
         self.gateways[gateway] = GatewayLink(wire.gateway_topic(gateway), 0, now)
         return known
 
+    # --- a gateway's stream: one sequenced message per batch of commands --------------------
+
+    def hold(self) -> None:
+        """From now on, keep what each gateway is sent until :meth:`release`: one batch of
+        commands then costs each gateway one ZeroMQ message (a Bundle), not one per delivery."""
+        self._held = {}
+
+    def release(self) -> None:
+        """Send what was held, one message per gateway, in the order it was given."""
+        held = self._held
+        self._held = None
+        if held:
+            for gateway in held:
+                self._flush(gateway, held[gateway])
+
+    def _send_held(self, gateway: str) -> None:
+        assert self._held is not None
+        bodies = self._held.pop(gateway, None)
+        if bodies:
+            self._flush(gateway, bodies)
+
+    def _flush(self, gateway: str, bodies: list[bytes]) -> None:
+        if len(bodies) == 1:
+            self._send(gateway, bodies[0])
+        else:
+            self._send(gateway, wire.encode(wire.Bundle(bodies=tuple(bodies))))
+
     def to_gateway(self, gateway: str, body: bytes) -> bool:
+        """Send (or, while held, queue) one message on a gateway's stream; False if the gateway
+        is unknown or, sent at once, the send was dropped at the high-water mark."""
+        if gateway not in self.gateways:
+            return False
+        held = self._held
+        if held is None:
+            return self._send(gateway, body)
+        bodies = held.get(gateway)
+        if bodies is None:
+            held[gateway] = [body]
+        else:
+            bodies.append(body)
+        return True
+
+    def _send(self, gateway: str, body: bytes) -> bool:
         link = self.gateways.get(gateway)
         if link is None:
-            return False
+            return False  # forgotten since it was held (expired, reset, said goodbye)
         # The sequence advances even when the send fails, so the gateway sees the gap.
         link.seq += 1
         send = self._fanout.send
@@ -113,6 +158,8 @@ class Links:
 
     def unsequenced(self, gateway: str, msg: wire.Message) -> None:
         """A message for a gateway that has no sequenced stream with us (yet)."""
+        if self._held:
+            self._send_held(gateway)  # whatever its stream held goes first
         body = wire.encode(msg)
         try:
             self._fanout.send_multipart((wire.gateway_topic(gateway), b"", body), zmq.NOBLOCK)

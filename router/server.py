@@ -181,18 +181,23 @@ class Router:
     def _on_commands(self, batch: Batch) -> None:
         kinds: Tally[str] = Tally()
         now = time.monotonic()
-        for parts in batch:
-            if len(parts) != 2:
-                self.metrics.wire_errors.inc()
-                continue
-            identity, body = parts
-            try:
-                msg = wire.decode(body)
-            except WireError:
-                self.metrics.wire_errors.inc()
-                continue
-            kinds[msg.KIND] += 1
-            self._handle(identity, msg, now)
+        # What the batch sends each gateway leaves as one message (a Bundle) at its end.
+        self.links.hold()
+        try:
+            for parts in batch:
+                if len(parts) != 2:
+                    self.metrics.wire_errors.inc()
+                    continue
+                identity, body = parts
+                try:
+                    msg = wire.decode(body)
+                except WireError:
+                    self.metrics.wire_errors.inc()
+                    continue
+                kinds[msg.KIND] += 1
+                self._handle(identity, msg, now)
+        finally:
+            self.links.release()
         transitions = self.topology.take_transitions()
         if transitions:
             self.publisher.presence.add(transitions)

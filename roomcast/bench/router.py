@@ -82,24 +82,31 @@ class _StandIn:
             if not self.sub.poll(100):
                 continue
             _, _, body = wire.split_frames(self.sub.recv_multipart())
-            msg = wire.decode(body)
-            if stage == "hello" and isinstance(msg, wire.HelloAck):
-                stage = "resync"
-                self.dealer.send(wire.encode(resync))
-            elif stage == "resync" and isinstance(msg, wire.Reply) and msg.ref == 2:
-                stage = "ready"
+            for msg in _unbundle(body):
+                if stage == "hello" and isinstance(msg, wire.HelloAck):
+                    stage = "resync"
+                    self.dealer.send(wire.encode(resync))
+                elif stage == "resync" and isinstance(msg, wire.Reply) and msg.ref == 2:
+                    stage = "ready"
 
     def drain(self, want: int, timeout: float) -> int:
         """Read deliveries until ``want`` arrived in all or nothing came for ``timeout``."""
         while self.received < want and self.sub.poll(int(timeout * 1000)):
             parts = self.sub.recv_multipart()
-            if wire.decode(parts[-1]).KIND == "deliver":
-                self.received += 1
+            self.received += sum(m.KIND == "deliver" for m in _unbundle(parts[-1]))
         return self.received
 
     def close(self) -> None:
         self.dealer.close()
         self.sub.close()
+
+
+def _unbundle(body: bytes) -> list[wire.Message]:
+    """The messages in one message of a gateway's stream (a Bundle holds several)."""
+    msg = wire.decode(body)
+    if isinstance(msg, wire.Bundle):
+        return [wire.decode(inner) for inner in msg.bodies]
+    return [msg]
 
 
 def _flood(sock: zmq.Socket[bytes], bodies: list[bytes], rate: float | None) -> float:

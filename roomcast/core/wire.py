@@ -26,6 +26,7 @@ from roomcast.core.pb import roomcast_pb2 as pb
 __all__ = [
     "CLUSTER_TOPIC",
     "PROTOCOL_VERSION",
+    "Bundle",
     "CopyMembers",
     "Deliver",
     "Delivered",
@@ -68,7 +69,9 @@ __all__ = [
 # major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
 # kinds); a major bump is a change they cannot. Peers of another major version are refused at
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
-PROTOCOL_VERSION = 101
+# 2.0: Bundle (a gateway's stream packs a batch's messages into one sequenced message), Goodbye,
+# the router state LEAVING.
+PROTOCOL_VERSION = 200
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -308,6 +311,12 @@ class RouterBeat:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Bundle:
+    KIND: ClassVar[str] = "bundle"
+    bodies: tuple[bytes, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reset:
     KIND: ClassVar[str] = "reset"
     epoch: str = ""
@@ -346,6 +355,7 @@ Message = (
     | Deliver
     | RouterBeat
     | Reset
+    | Bundle
     | PeerState
 )
 

@@ -83,6 +83,7 @@ SAMPLES: list[wire.Message] = [
         offsets=(wire.RoomOffset(room="a", epoch="e.1", offset=7),),
     ),
     wire.RouterBeat(epoch="e2"),
+    wire.Bundle(bodies=(b"\x01", b"")),
     wire.Reset(epoch="e3"),
     wire.SetPresence(ref=11, socket="s1", user="ada", meta=b'{"tab":1}'),
     wire.TrackPresence(ref=12, room="chat:1", enabled=False),
