@@ -67,7 +67,8 @@ __all__ = [
 # major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
 # kinds); a major bump is a change they cannot. Peers of another major version are refused at
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
-PROTOCOL_VERSION = 101
+# 1.2: route-aware workers (Hello.routes), the requester's identity on requests (contexts).
+PROTOCOL_VERSION = 102
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -110,6 +111,7 @@ class SocketRooms:
     rooms: tuple[str, ...] = ()
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +128,9 @@ class Hello:
     node_id: str = ""
     role: Role = Role.UNSPECIFIED
     protocol_version: int = PROTOCOL_VERSION
+    routes: tuple[str, ...] = ()
+    routes_known: bool = False
+    busy: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +145,7 @@ class SocketOpen:
     ref: int = 0
     sockets: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    contexts: tuple[bytes, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +223,8 @@ class Request:
     url: str = ""
     headers: bytes = b"{}"
     data: bytes = b"null"
+    user: str = ""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +234,7 @@ class SetPresence:
     socket: str = ""
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -386,7 +395,13 @@ def encode(msg: Message) -> bytes:
         elif how is _ROOMS:
             target = getattr(sub, name)
             for item in value:
-                target.add(socket=item.socket, rooms=item.rooms, user=item.user, meta=item.meta)
+                target.add(
+                    socket=item.socket,
+                    rooms=item.rooms,
+                    user=item.user,
+                    meta=item.meta,
+                    context=item.context,
+                )
         elif how is _OFFSETS:
             target = getattr(sub, name)
             for item in value:
@@ -415,7 +430,13 @@ def decode(data: bytes) -> Message:
             kwargs[name] = tuple(value)
         elif how is _ROOMS:
             kwargs[name] = tuple(
-                SocketRooms(socket=i.socket, rooms=tuple(i.rooms), user=i.user, meta=i.meta)
+                SocketRooms(
+                    socket=i.socket,
+                    rooms=tuple(i.rooms),
+                    user=i.user,
+                    meta=i.meta,
+                    context=i.context,
+                )
                 for i in value
             )
         elif how is _OFFSETS:

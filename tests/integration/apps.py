@@ -27,6 +27,8 @@ async def echo(req: Request) -> dict[str, Any]:
         "socket": req.socket,
         "is_socket": req.is_socket,
         "headers": req.headers,
+        "user": req.user,
+        "claims": req.claims,
         "worker": os.getpid(),
     }
 

@@ -326,6 +326,7 @@ class NodeDriver:
         listen: Sequence[str] = (),
         requests: Sequence[dict[str, Any]] = (),
         query: str | None = None,
+        headers: dict[str, str] | None = None,
         wait: bool = True,
     ) -> tuple[str, dict[str, Any]]:
         """``io.sails.connect(url)``; returns the client name and the command's reply (which
@@ -334,6 +335,8 @@ class NodeDriver:
         fields: dict[str, Any] = {"client": name, "url": url, "listen": list(listen)}
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
         if requests:
             fields["requests"] = [{"id": self.next_id(), **r} for r in requests]
         reply = self.call("sails", **fields)
@@ -375,6 +378,7 @@ class NodeDriver:
         url: str,
         *,
         query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
         listen: Sequence[str] = (),
         wait: bool = True,
     ) -> tuple[str, str | None]:
@@ -384,6 +388,8 @@ class NodeDriver:
         fields: dict[str, Any] = {"client": name, "version": version, "url": url}
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
         fields["listen"] = list(listen)
         self.call("sio", **fields)
         sid = None

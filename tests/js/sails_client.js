@@ -11,11 +11,13 @@
 // Library logging goes to stderr, never stdout. Exits 0 on SIGTERM or when stdin closes.
 //
 // Commands (every one carries "id"; "client" names a socket the driver holds):
-//   {"op": "sails", "client", "url", "query"?, "listen"?: [event], "requests"?: [request]}
+//   {"op": "sails", "client", "url", "query"?, "headers"?, "listen"?: [event], "requests"?: [request]}
 //       io.sails.connect(url): the listeners are bound and the requests made before the socket
 //       has connected (sails.io.js queues them); each queued request answers with its own "id".
-//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "listen"?: [event]}
+//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "listen"?: [event]}
 //       a raw socket.io-client socket, websocket transport only, no reconnection.
+//   "headers": sent with the WebSocket handshake (sails.io.js: initialConnectionHeaders;
+//   socket.io-client: extraHeaders), as a Node client can (a browser sends its cookie itself).
 //   {"op": "request", "client", "via": "get"|"post"|"put"|"patch"|"delete"|"request",
 //    "method"?, "url", "data"?, "headers"?}        (sails sockets)
 //   {"op": "emit", "client", "event", "args": [...], "ack": bool}       (raw sockets)
@@ -103,6 +105,7 @@ function handle(cmd) {
     case 'sails': {
       const opts = { url: cmd.url, multiplex: false, transports: ['websocket'], reconnection: false };
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.initialConnectionHeaders = cmd.headers;
       const socket = sailsIo.sails.connect(opts);
       clients.set(name, { kind: 'sails', socket });
       // Bound on the SailsSocket: sails.io.js replays them onto the raw socket.
@@ -116,6 +119,7 @@ function handle(cmd) {
     case 'sio': {
       const opts = { transports: ['websocket'], forceNew: true, reconnection: false };
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.extraHeaders = cmd.headers;
       const raw = cmd.version === 4 ? sio4.io(cmd.url, opts) : sio2(cmd.url, opts);
       clients.set(name, { kind: 'sio', socket: raw });
       watch(name, raw, cmd.listen);
