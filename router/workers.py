@@ -2,10 +2,10 @@
 
 Workers say Hello (repeated as their heartbeat) with the routes they serve
 (:mod:`roomcast.core.routes`); each request goes only to live workers that serve its method
-and path, round-robin among them, preferring workers that are not ``busy`` (every sync-handler
-thread taken). None serves it: 404 if no worker ever announced a matching route, 503 if the
-workers that served it are gone (and 503 when no worker is connected at all). Older workers
-that announce no routes serve everything.
+and path, round-robin among them (per route), preferring workers that are not ``busy`` (every
+sync-handler thread taken). None serves it: 404 if no worker ever announced a matching route,
+503 if the workers that served it are gone (and 503 when no worker is connected at all). Older
+workers that announce no routes serve everything.
 
 Each forwarded request gets an unguessable router-wide ref (64 random bits, from ``refs``), so a
 peer cannot answer a request it was not sent; and a reply counts only from the worker the
@@ -73,6 +73,7 @@ class WorkerPool:
         self._workers: OrderedDict[bytes, _Worker] = OrderedDict()
         self._pending: dict[int, Origin] = {}
         self._known_routes: dict[str, Route] = {}  # every pattern announced since start
+        self._turns: dict[str, int] = {}  # round-robin position per route pattern
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -146,22 +147,22 @@ class WorkerPool:
         the request under a fresh ref; or say why none can answer."""
         segments = path_segments(path)
         method = method.upper()
-        chosen: tuple[bytes, str] | None = None
-        fallback: tuple[bytes, str] | None = None  # a busy worker that serves it
+        idle: list[tuple[bytes, str]] = []
+        busy: list[tuple[bytes, str]] = []  # used only when no idle worker serves it
         for worker, entry in self._workers.items():
             label = entry.serves(method, segments)
-            if label is None:
-                continue
-            if not entry.busy:
-                chosen = (worker, label)
-                break
-            if fallback is None:
-                fallback = (worker, label)
-        chosen = chosen or fallback
-        if chosen is None:
+            if label is not None:
+                (busy if entry.busy else idle).append((worker, label))
+        candidates = idle or busy
+        if not candidates:
             return self._miss(method, segments)
-        worker, label = chosen
-        self._workers.move_to_end(worker)  # round-robin: to the back of the line
+        # Round-robin per route (the first candidate's pattern), so that each route's load is
+        # spread over the workers serving it whatever other routes are asked in between.
+        key = candidates[0][1]
+        turn = self._turns.get(key, 0)
+        worker, label = candidates[turn % len(candidates)]
+        if key in self._turns or len(self._turns) < MAX_KNOWN_ROUTES:
+            self._turns[key] = turn + 1
         router_ref = self._fresh_ref()
         self._pending[router_ref] = Origin(identity, gateway, ref, now + request_timeout_s, worker)
         return Picked(worker, router_ref, label)

@@ -147,3 +147,17 @@ def test_route_patterns(spec: str, method: str, path: str, params: object) -> No
 def test_bad_route_specs(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_route(spec)
+
+
+def test_round_robin_is_per_route_whatever_is_asked_in_between() -> None:
+    p = pool()
+    p.add(b"v1", 0.0, CHAT)
+    p.add(b"v2", 0.0, (*CHAT, "GET /chat/history/:room"))
+    members: Counter[bytes] = Counter()
+    for _ in range(6):
+        got = ask(p, "GET", "/chat/members")
+        assert isinstance(got, Picked)
+        members[got.worker] += 1
+        assert isinstance(ask(p, "POST", "/chat/say/x"), Picked)
+        assert isinstance(ask(p, "GET", "/chat/history/x"), Picked)
+    assert members == {b"v1": 3, b"v2": 3}
