@@ -56,6 +56,17 @@ class App:
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+        # Run by the worker before it serves / after it stopped (an ASGI app's lifespan).
+        self.startup: list[Callable[[], Awaitable[None]]] = []
+        self.shutdown: list[Callable[[], Awaitable[None]]] = []
+
+    def on_startup(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self.startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self.shutdown.append(hook)
+        return hook
 
     def action(self, method: str, path: str) -> Callable[[Handler], Handler]:
         method = method.upper()

@@ -128,6 +128,8 @@ class Worker:
         self.served = 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        for hook in self.app.startup:
+            await hook()
         for sock, router, reader in zip(self._socks, self._routers, self._readers, strict=True):
             sock.connect(router)
             reader.start()
@@ -189,6 +191,8 @@ class Worker:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.handler_timeout_s)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for hook in self.app.shutdown:
+            await hook()
         for reader, sock in zip(self._readers, self._socks, strict=True):
             reader.stop()
             sock.close()
@@ -314,8 +318,7 @@ def _error(ref: int, err: RoomcastError) -> wire.Reply:
     return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message, body=body)
 
 
-def load_app(spec: str) -> App:
-    """Import ``module:attribute`` and check it is an :class:`App`."""
+def _import(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"roomcast worker: {spec!r} is not MODULE:APP")
@@ -323,17 +326,63 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(f"roomcast worker: cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
+    return getattr(module, attr, None)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check it is an :class:`App`."""
+    app = _import(spec)
     if not isinstance(app, App):
         raise SystemExit(f"roomcast worker: {spec} is not a roomcast.App")
     return app
+
+
+def load_web_app(spec: str, *, wsgi: bool, routes: tuple[str, ...]) -> App:
+    """An ASGI app (or a WSGI one, through a2wsgi) as an :class:`App` serving ``routes``."""
+    from roomcast.asgi import app_from_asgi
+
+    web_app = _import(spec)
+    if not callable(web_app):
+        raise SystemExit(f"roomcast worker: {spec} is not an ASGI/WSGI app (not callable)")
+    if wsgi:
+        try:
+            from a2wsgi import WSGIMiddleware
+        except ImportError:
+            raise SystemExit(
+                "roomcast worker: --wsgi needs a2wsgi (pip install 'roomcast[wsgi]')"
+            ) from None
+        web_app = WSGIMiddleware(web_app)
+    try:
+        return app_from_asgi(web_app, routes)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast worker: --route: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
     d = WorkerConfig()
     p = EnvArgumentParser(prog="roomcast worker", description="Serve an App's actions.")
-    p.add_argument("app", metavar="MODULE:APP", help="the roomcast.App to serve")
+    p.add_argument("app", metavar="MODULE:APP", nargs="?", help="the roomcast.App to serve")
+    p.add_argument(
+        "--asgi",
+        default="",
+        metavar="MODULE:APP",
+        help="serve virtual requests with this ASGI app (FastAPI, Starlette, Django) instead",
+    )
+    p.add_argument(
+        "--wsgi",
+        default="",
+        metavar="MODULE:APP",
+        help="...or with this WSGI app (Flask, Django), through a2wsgi (the wsgi extra)",
+    )
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="'METHOD /path'",
+        help="with --asgi/--wsgi: a route the app serves, announced to the router "
+        "(repeatable; :name and a last * allowed; default: '* /*', everything)",
+    )
     p.add_argument(
         "--router",
         default=d.router,
@@ -365,9 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast worker: {exc}") from None
+    if sum(bool(x) for x in (a.app, a.asgi, a.wsgi)) != 1:
+        p.error("give one of MODULE:APP, --asgi MODULE:APP or --wsgi MODULE:APP")
     configure_logging(a.log_level)
     sys.path.insert(0, os.getcwd())  # like `python -m`: apps next to the caller import
-    app = load_app(a.app)
+    if a.app:
+        app = load_app(a.app)
+    else:
+        routes = tuple(a.route) or ("* /*",)
+        app = load_web_app(a.asgi or a.wsgi, wsgi=bool(a.wsgi), routes=routes)
     config = WorkerConfig(
         router=a.router,
         heartbeat_interval_s=a.heartbeat_interval,
