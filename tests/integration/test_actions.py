@@ -660,3 +660,15 @@ def test_frozen_worker_is_expired_after_worker_timeout_and_then_never_used() -> 
     os.kill(frozen.popen.pid, signal.SIGCONT)
     env.wait_workers(2)
     env.stop()
+
+
+def test_param_and_all_params_merge_path_body_and_query_like_sails(env: Env) -> None:
+    reply = call(env.ws(0), "POST", "/params/7?id=q&page=2&name=q", {"id": "b", "name": "ada"})
+    assert reply["statusCode"] == 200, reply
+    assert reply["body"] == {
+        "id": "7",
+        "name": "ada",
+        "page": "2",
+        "missing": "default",
+        "all": {"id": "7", "name": "ada", "page": "2"},
+    }, reply

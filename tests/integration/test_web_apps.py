@@ -53,7 +53,7 @@ def js(sc: SailsCluster) -> Iterator[NodeDriver]:
 
 def connect(js: NodeDriver, sc: SailsCluster, cookie: str | None) -> str:
     headers = {"cookie": cookie} if cookie else None
-    client, _ = js.sails(sc.public(0), query=SDK_QUERY, headers=headers, listen=["news"])
+    client, _ = js.sails(sc.public(0), query=SDK_QUERY, headers=headers, listen=["news", "message"])
     return client
 
 
@@ -128,6 +128,8 @@ def test_an_endpoint_joins_the_requesting_socket_to_a_room(
     try:
         assert sdk.sockets.count(room) == 1
         sdk.sockets.broadcast(room, "news", {"hello": room})
+        sdk.sockets.broadcast(room, {"no": "event"})  # Sails' broadcast(rooms, data)
     finally:
         sdk.close()
     assert js.event(client, "news") == ("news", [{"hello": room}])
+    assert js.event(client, "message") == ("message", [{"no": "event"}])
