@@ -48,8 +48,9 @@ def _room_list(value: object) -> list[str]:
 
 def sails_event_data(event: object, data: object) -> tuple[object, object]:
     """Sails' optional ``eventName``: a second argument that is not a string is the data,
-    sent as event ``"message"`` (with a third argument too, it is a mistake: 400)."""
-    if isinstance(event, str):
+    sent as event ``"message"`` (with a third argument too, it is a mistake: 400). ``None``
+    is not taken for data: as an event it is refused (400) like any other bad event."""
+    if isinstance(event, str) or event is None:
         return event, data
     if data is not None:
         raise BadRequest("event must be a string (leave it out to send data as 'message')")

@@ -16,7 +16,7 @@ from roomcast.sockets import sails_event_data
         ({"a": 1}, None, ("message", {"a": 1})),  # broadcast(rooms, data)
         ([1, 2], None, ("message", [1, 2])),
         (7, None, ("message", 7)),
-        (None, None, ("message", None)),
+        (None, None, (None, None)),  # refused later as an event (400), not taken for data
         ("", 1, ("", 1)),  # an empty event is still refused later (400)
     ],
 )
