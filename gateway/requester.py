@@ -8,8 +8,10 @@ keeps it with the socket (so it holds on any gateway, and after a router restart
 through resyncs) and attaches it to every request the socket makes; the worker merges the
 headers under the request's own.
 
-Bounds: a header value longer than :data:`MAX_HEADER_BYTES` is left out (and so is anything
-past :data:`MAX_CONTEXT_BYTES` in all), so one client cannot grow the router's memory much.
+Bounds, because the router keeps one context per socket: a header value longer than
+:data:`MAX_HEADER_BYTES` is left out, and so are headers past :data:`MAX_CONTEXT_BYTES` in all;
+claims larger than half of that are cut down to ``sub`` (tokens are signed, but a big one must
+not cost the router that much for each of its sockets).
 
 Pure: no I/O, no clock.
 """
@@ -30,7 +32,7 @@ __all__ = [
 
 DEFAULT_HANDSHAKE_HEADERS = ("cookie", "user-agent", "accept-language", "origin")
 MAX_HEADER_BYTES = 8 * 1024
-MAX_CONTEXT_BYTES = 32 * 1024
+MAX_CONTEXT_BYTES = 16 * 1024
 
 
 def parse_allowlist(value: str) -> tuple[str, ...]:
@@ -71,6 +73,9 @@ def context_json(
             picked[key] = value
     doc: dict[str, Any] = {"claims": dict(claims or {}), "headers": {}}
     size = len(json.dumps(doc, separators=(",", ":")).encode())
+    if size > MAX_CONTEXT_BYTES // 2:
+        doc["claims"] = {k: v for k, v in doc["claims"].items() if k == "sub"}
+        size = len(json.dumps(doc, separators=(",", ":")).encode())
     for key, value in picked.items():
         cost = len(key) + len(value.encode("utf-8", "replace")) + 8
         if size + cost > MAX_CONTEXT_BYTES:

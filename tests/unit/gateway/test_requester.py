@@ -76,3 +76,10 @@ def test_parse_allowlist(value: str, expected: tuple[str, ...]) -> None:
 def test_parse_allowlist_refuses(value: str) -> None:
     with pytest.raises(ValueError):
         parse_allowlist(value)
+
+
+def test_oversize_claims_are_cut_down_to_sub() -> None:
+    claims = {"sub": "ada", "big": "x" * MAX_CONTEXT_BYTES}
+    raw = context_json(claims, [("cookie", "c=1")], DEFAULT_HANDSHAKE_HEADERS)
+    assert json.loads(raw) == {"claims": {"sub": "ada"}, "headers": {"cookie": "c=1"}}
+    assert len(raw) <= MAX_CONTEXT_BYTES
