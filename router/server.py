@@ -48,7 +48,11 @@ from router.publish import Publisher
 from router.requests import Requests
 from router.workers import WorkerPool
 
-__all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
+__all__ = ["GATEWAY_ID_PREFIX", "MAX_CONTEXT_BYTES", "Router", "RouterConfig"]
+
+# A gateway bounds each socket's requester context (gateway/requester.py: 16 KiB); the router
+# keeps one per socket, so it drops any larger one rather than trust every peer to.
+MAX_CONTEXT_BYTES = 64 * 1024
 
 log = logging.getLogger("roomcast.router")
 
@@ -262,7 +266,8 @@ class Router:
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
-            topo.open_sockets(gateway, msg.sockets, msg.users, msg.contexts)
+            bounded = tuple(_bounded(c) for c in msg.contexts)
+            topo.open_sockets(gateway, msg.sockets, msg.users, bounded)
             reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):
             if gateway is not None:
@@ -281,7 +286,7 @@ class Router:
             if gateway is None:
                 raise BadRequest("only gateways resync")
             identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
-            contexts = {s.socket: s.context for s in msg.sockets if s.context}
+            contexts = {s.socket: _bounded(s.context) for s in msg.sockets if s.context}
             topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities, contexts)
             if msg.last:
                 log.info("gateway %s resynced", gateway)
@@ -346,7 +351,7 @@ class Router:
         queries.check_presence(msg)
         owner = self.topology.set_presence(msg.socket, msg.user, msg.meta)
         if msg.context and gateway == owner:  # only the socket's own gateway vouches for it
-            self.topology.set_context(msg.socket, msg.context)
+            self.topology.set_context(msg.socket, _bounded(msg.context))
         # The socket's gateway keeps the identity for its resyncs.
         update = wire.MemberUpdate(
             identities=(wire.SocketRooms(socket=msg.socket, user=msg.user, meta=msg.meta),)
@@ -460,3 +465,7 @@ class Router:
 
 def _ignore_subscriptions(batch: Batch) -> None:
     """XPUB hands us subscription frames; gateways announce themselves with Hello instead."""
+
+
+def _bounded(context: bytes) -> bytes:
+    return context if len(context) <= MAX_CONTEXT_BYTES else b""

@@ -152,3 +152,36 @@ def test_hung_sync_handlers_answer_503_at_once_and_send_requests_elsewhere(env: 
         5 * T,
         message="the worker to report a free thread again",
     )
+
+
+def test_the_router_keeps_no_oversize_requester_context(env: Env) -> None:
+    """A (hand-rolled) gateway registers two sockets, one with a context over the router's
+    bound: requests on behalf of the first carry its context, the second's is dropped."""
+    from roomcast import SyncCluster
+    from router.server import MAX_CONTEXT_BYTES
+    from tests.integration.test_versions import PeerGateway
+
+    env.add_worker(APP)
+    env.wait_workers(1)
+    peer = PeerGateway(env.cluster.router, "fakegw")
+    sdk = SyncCluster(env.cluster.commands)
+    try:
+        assert isinstance(peer.hello_until_answered(wire.PROTOCOL_VERSION), wire.HelloAck)
+        small = json.dumps({"claims": {"sub": "ada"}, "headers": {"cookie": "c=1"}}).encode()
+        big = json.dumps({"claims": {}, "headers": {"x-big": "v" * MAX_CONTEXT_BYTES}}).encode()
+        peer.dealer.send(
+            wire.encode(
+                wire.SocketOpen(
+                    ref=99, sockets=("fake-s1", "fake-s2"), users=("ada", ""), contexts=(small, big)
+                )
+            )
+        )
+        deadline_poll(lambda: sdk.sockets.count("fake-s2") == 1, 5 * T, message="registered")
+        first = sdk.request("fake-s1", "GET", "/echo")
+        assert first.body["user"] == "ada" and first.body["claims"] == {"sub": "ada"}
+        assert first.body["headers"] == {"cookie": "c=1"}
+        second = sdk.request("fake-s2", "GET", "/echo")
+        assert second.body["headers"] == {} and second.body["claims"] == {}, second.body
+    finally:
+        sdk.close()
+        peer.close()
