@@ -39,6 +39,7 @@ __all__ = [
     "Requester",
     "app_from_asgi",
     "build_scope",
+    "introspect_routes",
     "join",
     "join_sync",
     "requester",
@@ -216,6 +217,64 @@ def app_from_asgi(asgi_app: AsgiApp, routes: tuple[str, ...] = (ANY_ROUTE,)) -> 
     app.on_startup(adapter.startup)
     app.on_shutdown(adapter.shutdown)
     return app
+
+
+def _segment(segment: str, last: bool, opening: str, closing: str) -> str | None:
+    """One path segment of a framework's route in our syntax, or None if it has no equivalent.
+
+    ``{name}`` / ``<name>`` / ``<int:name>`` -> ``:name``; a last ``{name:path}`` /
+    ``<path:name>`` -> ``*``; a literal stays; anything mixed (``{name}.txt``) is None.
+    """
+    if not (opening in segment or closing in segment):
+        return segment
+    if not (segment.startswith(opening) and segment.endswith(closing)):
+        return None
+    inner = segment[1:-1]
+    if opening == "{":  # Starlette: {name} or {name:convertor}
+        name, _, convertor = inner.partition(":")
+    else:  # werkzeug: <name> or <convertor:name> (or <convertor(args):name>)
+        convertor, _, name = inner.rpartition(":")
+    if not name.isidentifier():
+        return None
+    if convertor == "path":
+        return "*" if last else None
+    return ":" + name
+
+
+def _spec(method: str, path: str, opening: str, closing: str) -> str | None:
+    parts = [p for p in path.split("/") if p]
+    converted = [_segment(p, i == len(parts) - 1, opening, closing) for i, p in enumerate(parts)]
+    if any(c is None for c in converted):
+        return None
+    return f"{method.upper()} /" + "/".join(c for c in converted if c is not None)
+
+
+def introspect_routes(app: Any) -> tuple[str, ...] | None:
+    """The routes a Starlette/FastAPI app (``app.routes``) or a Flask/werkzeug app
+    (``app.url_map``) serves, as route specs; None when they cannot all be expressed (a mount,
+    a websocket route, a regex, a partial segment): then the worker announces everything."""
+    specs: list[str] = []
+    url_map = getattr(app, "url_map", None)
+    if url_map is not None and hasattr(url_map, "iter_rules"):
+        rules = [(r.rule, r.methods or ()) for r in url_map.iter_rules()]
+        opening, closing = "<", ">"
+    elif isinstance(getattr(app, "routes", None), list):
+        rules = []
+        for route in app.routes:
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+            if not isinstance(path, str) or not methods:
+                return None  # a Mount, a WebSocketRoute, ...: not every path is known
+            rules.append((path, methods))
+        opening, closing = "{", "}"
+    else:
+        return None
+    for path, methods in rules:
+        for method in sorted(methods):
+            spec = _spec(method, path, opening, closing)
+            if spec is None:
+                return None
+            specs.append(spec)
+    return tuple(dict.fromkeys(specs)) or None
 
 
 def requester(request: Any) -> Requester:

@@ -338,12 +338,21 @@ def load_app(spec: str) -> App:
 
 
 def load_web_app(spec: str, *, wsgi: bool, routes: tuple[str, ...]) -> App:
-    """An ASGI app (or a WSGI one, through a2wsgi) as an :class:`App` serving ``routes``."""
-    from roomcast.asgi import app_from_asgi
+    """An ASGI app (or a WSGI one, through a2wsgi) as an :class:`App` serving ``routes`` (none
+    given: the app's own routes when it lists them — Starlette/FastAPI, Flask — else all)."""
+    from roomcast.asgi import ANY_ROUTE, app_from_asgi, introspect_routes
 
     web_app = _import(spec)
     if not callable(web_app):
         raise SystemExit(f"roomcast worker: {spec} is not an ASGI/WSGI app (not callable)")
+    if not routes:
+        found = introspect_routes(web_app)
+        routes = found or (ANY_ROUTE,)
+        log.info(
+            "%s: announcing %s",
+            spec,
+            f"its {len(found)} routes" if found else "every route (its routes are not listed)",
+        )
     if wsgi:
         try:
             from a2wsgi import WSGIMiddleware
@@ -381,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="'METHOD /path'",
         help="with --asgi/--wsgi: a route the app serves, announced to the router "
-        "(repeatable; :name and a last * allowed; default: '* /*', everything)",
+        "(repeatable; :name and a last * allowed; default: the app's own routes when it lists "
+        "them (Starlette/FastAPI, Flask), else '* /*', everything)",
     )
     p.add_argument(
         "--router",
@@ -421,8 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.app:
         app = load_app(a.app)
     else:
-        routes = tuple(a.route) or ("* /*",)
-        app = load_web_app(a.asgi or a.wsgi, wsgi=bool(a.wsgi), routes=routes)
+        app = load_web_app(a.asgi or a.wsgi, wsgi=bool(a.wsgi), routes=tuple(a.route))
     config = WorkerConfig(
         router=a.router,
         heartbeat_interval_s=a.heartbeat_interval,

@@ -1,8 +1,9 @@
 """Existing web apps as action handlers (issue 15): a FastAPI app and a Flask app.
 
 Real processes: a router, one gateway, and two workers — ``roomcast worker --asgi`` serving
-``tests.integration.web_apps:api`` (FastAPI) for ``* /api/*`` and ``roomcast worker --wsgi``
-serving ``web_apps:web`` (Flask, through a2wsgi) for ``* /flask/*``. The unmodified sails.io.js
+``tests.integration.web_apps:api`` (FastAPI; the routes it announces are read from the app) and
+``roomcast worker --wsgi`` serving ``web_apps:web`` (Flask, through a2wsgi) with
+``--route '* /flask/*'``. The unmodified sails.io.js
 client connects with a session cookie in its handshake and calls them with ``io.socket.get``
 / ``post``: their own routing, FastAPI's 422 validation errors and Flask's 400 as JWRs, their
 own session-cookie auth (401 without it), and a join of the requesting socket to a room that
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Proc
+from tests.conftest import TIMEOUT_UNIT as T
+from tests.conftest import deadline_poll
+from tests.integration.harness import Metrics, Proc, http_get
 from tests.integration.test_sails_support import (
     SDK_QUERY,
     NodeDriver,
@@ -32,7 +35,7 @@ from tests.integration.web_apps import flask_session_cookie
 def sc() -> Iterator[SailsCluster]:
     with sails_cluster(gateways=1, workers=0) as cluster:
         for name, flags in (
-            ("fastapi", ["--asgi", "tests.integration.web_apps:api", "--route", "* /api/*"]),
+            ("fastapi", ["--asgi", "tests.integration.web_apps:api"]),
             ("flask", ["--wsgi", "tests.integration.web_apps:web", "--route", "* /flask/*"]),
         ):
             argv = ["-m", "roomcast.cli", "worker", *flags, "--router", cluster.commands]
@@ -84,7 +87,18 @@ def test_fastapi_routing_validation_and_session_auth(js: NodeDriver, sc: SailsCl
     assert created["body"] == {"created": {"name": "pen", "price": 1.5}, "user": "alice"}
 
     missing = jwr(js, alice, "get", "/api/nope")
-    assert missing["statusCode"] == 404, missing  # FastAPI's own 404 (it serves /api/*)
+    assert missing["statusCode"] == 404, missing  # no worker announces it: the router's 404
+
+    def announced() -> bool:
+        status, text = http_get(sc.cluster.router.info["http"] + "/metrics")
+        assert status == 200
+        metrics = Metrics(text)
+        routes = ("GET /api/items/:item_id", "POST /api/rooms/:room/join", "* /flask/*")
+        return all(metrics.get("roomcast_router_route_workers", route=r) == 1 for r in routes)
+
+    # The FastAPI worker announced its own routes, read from the app (the gauge is refreshed
+    # every router heartbeat).
+    deadline_poll(announced, 5 * T, message="both workers' routes on the router's /metrics")
 
     stranger = connect(js, sc, None)
     refused = jwr(js, stranger, "get", "/api/items/7")

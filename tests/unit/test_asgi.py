@@ -16,6 +16,7 @@ from roomcast.asgi import (
     _response,
     app_from_asgi,
     build_scope,
+    introspect_routes,
     requester,
 )
 from roomcast.requests import Request
@@ -157,3 +158,68 @@ def test_the_sdk_does_not_import_web_frameworks() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _Route:
+    def __init__(self, path: str, methods: set[str] | None) -> None:
+        self.path, self.methods = path, methods
+
+
+class _Starlette:
+    def __init__(self, *routes: _Route) -> None:
+        self.routes = list(routes)
+
+
+class _Rule:
+    def __init__(self, rule: str, methods: set[str]) -> None:
+        self.rule, self.methods = rule, methods
+
+
+class _UrlMap:
+    def __init__(self, *rules: _Rule) -> None:
+        self.rules = rules
+
+    def iter_rules(self) -> tuple[_Rule, ...]:
+        return self.rules
+
+
+class _Flask:
+    def __init__(self, *rules: _Rule) -> None:
+        self.url_map = _UrlMap(*rules)
+
+
+def test_introspect_starlette_routes() -> None:
+    app = _Starlette(
+        _Route("/items/{item_id}", {"GET", "HEAD"}),
+        _Route("/items", {"POST"}),
+        _Route("/files/{rest:path}", {"GET"}),
+        _Route("/user/{uid:int}/x", {"PUT"}),
+    )
+    assert introspect_routes(app) == (
+        "GET /items/:item_id",
+        "HEAD /items/:item_id",
+        "POST /items",
+        "GET /files/*",
+        "PUT /user/:uid/x",
+    )
+
+
+def test_introspect_flask_rules() -> None:
+    app = _Flask(_Rule("/a/<int:id>", {"GET"}), _Rule("/s/<path:f>", {"GET"}), _Rule("/", {"GET"}))
+    assert introspect_routes(app) == ("GET /a/:id", "GET /s/*", "GET /")
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        _Starlette(_Route("/ws", None)),  # a websocket route: no methods
+        _Starlette(_Route("/x", {"GET"}), object()),  # a mount
+        _Starlette(_Route("/files/{name}.txt", {"GET"})),  # a partial segment
+        _Starlette(_Route("/{p:path}/tail", {"GET"})),  # a path convertor before the end
+        _Flask(_Rule("/x-<id>", {"GET"})),
+        _Starlette(),
+        object(),
+    ],
+)
+def test_introspection_gives_up_on_what_it_cannot_express(app: object) -> None:
+    assert introspect_routes(app) is None
