@@ -193,3 +193,10 @@ def test_route_specs_and_rest_segments() -> None:
     assert match.params == {"id": "7", "x": "1"}
     assert match.query == {"id": "q", "x": "1"} and match.route_params == {"id": "7"}
     assert app.resolve("DELETE", "/files/a/b/c") is not None
+
+
+def test_lifecycle_hook_methods_are_the_routes_hooks() -> None:
+    from roomcast.app import CONNECT, DISCONNECT
+    from roomcast.core.routes import HOOKS
+
+    assert frozenset({CONNECT, DISCONNECT}) == HOOKS
