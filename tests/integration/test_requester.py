@@ -5,8 +5,9 @@ A primary/backup router pair, two gateways with token authentication and a real 
 clients connect with a token and a cookie: unmodified sails.io.js (socket.io-client 2, the
 cookie as ``initialConnectionHeaders``), socket.io-client 4 (``extraHeaders``) and a ``/ws``
 WebSocket. Each one's action sees the token's ``sub`` as ``req.user``, its claims as
-``req.claims`` and the cookie in ``req.headers`` — and still does after one gateway restarts
-and after the primary router is killed (the backup learns the contexts from the gateways'
+``req.claims`` and the cookie in ``req.headers`` (and the user a backend set with
+``set_presence``) — and still does after one gateway restarts and after the primary router is
+killed (the backup learns the contexts from the gateways'
 resyncs; nothing is kept on a gateway that the router does not also have).
 """
 
@@ -80,9 +81,9 @@ def _echo_body(jwr: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _check(body: dict[str, Any], user: str, cookie: str, **claims: Any) -> None:
+def _check(body: dict[str, Any], user: str, cookie: str, sub: str = "", **claims: Any) -> None:
     assert body["user"] == user, body
-    assert body["claims"]["sub"] == user and body["claims"]["exp"] > time.time(), body
+    assert body["claims"]["sub"] == (sub or user) and body["claims"]["exp"] > time.time(), body
     for name, value in claims.items():
         assert body["claims"][name] == value, body
     assert body["headers"]["cookie"] == cookie, body
@@ -134,20 +135,22 @@ def test_sails_sio4_and_ws_actions_know_who_is_asking(pair: TokenPair, js: NodeD
         _check(got, "alice", sails_cookie, role="admin")
         assert got["headers"]["x-tenant"] == "acme", (stage, got)  # an operator's x- header
         _check(v4_body(), "bob", v4_cookie, plan="pro")
-        _check(ws_body(), "carol", ws_cookie)
+        _check(ws_body(), ws_user, ws_cookie, sub="carol")
 
+    ws_user = "carol"
     check_all("connected")
 
-    # The SDK changes a socket's user (set_presence): the next request says so.
+    # The SDK changes a socket's user (set_presence): every request from then on says so, and
+    # so does the router that takes over below (it learns it from the gateway's resync).
     from roomcast import SyncCluster
 
     sdk = SyncCluster(pair.commands)
     try:
         sdk.sockets.set_presence(ws.id, "carol@acme")
-        assert ws_body()["user"] == "carol@acme"
-        sdk.sockets.set_presence(ws.id, "carol")
     finally:
         sdk.close()
+    ws_user = "carol@acme"
+    check_all("after set_presence")
 
     # One gateway restarts: its clients come back (same credentials), the others are untouched.
     pair.gateways[1].proc.stop()
