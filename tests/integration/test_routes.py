@@ -113,3 +113,21 @@ def test_killing_the_only_worker_of_a_route_gives_503_for_it_alone(env: Env) -> 
             assert ask(client, method, url)["statusCode"] == 200
     assert ask(client, "GET", "/nobody/serves/this")["statusCode"] == 404
     env.workers.remove(shop)  # killed on purpose: not stopped (exit 0) at teardown
+
+
+def test_a_rolling_deploy_keeps_answering_when_the_old_version_goes(env: Env) -> None:
+    client = env.ws(0)
+    chat_v1, _shop, chat_v2 = env.workers
+    chat_v1.kill()  # the old version goes (a crash: the harshest way)
+    env.workers.remove(chat_v1)
+
+    def only_v2_answers() -> bool:
+        replies = [ask(client, "GET", "/chat/members") for _ in range(4)]
+        for reply in replies:
+            # While the router notices, a request sent to the dead worker may be answered 503
+            # (it went away); never 404.
+            assert reply["statusCode"] in (200, 503), reply
+        return all(r["statusCode"] == 200 and r["body"]["version"] == 2 for r in replies)
+
+    deadline_poll(only_v2_answers, 10 * T, message="chat's routes served by v2 alone")
+    assert ask(client, "POST", "/chat/say/x")["body"]["pid"] == chat_v2.popen.pid
