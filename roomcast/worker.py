@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast worker: {exc}") from None
+    if a.sync_threads < 1:
+        p.error("--sync-threads must be at least 1")
     if sum(bool(x) for x in (a.app, a.asgi, a.wsgi)) != 1:
         p.error("give one of MODULE:APP, --asgi MODULE:APP or --wsgi MODULE:APP")
     configure_logging(a.log_level)
