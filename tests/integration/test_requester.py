@@ -119,6 +119,22 @@ def test_sails_sio4_and_ws_actions_know_who_is_asking(pair: TokenPair, js: NodeD
         (jwr,) = js.emit_ack(v4, "get", envelope)
         return _echo_body(jwr)
 
+    # socket.io-client 4 with the token in its CONNECT auth payload (not the handshake): the
+    # socket is identified after it was opened, and the router still gets its claims.
+    dave_cookie = "sid=dave-session"
+    dave, _ = js.sio(
+        4,
+        g0.public,
+        query={"__sails_io_sdk_version": SDK_VERSION},
+        headers={"cookie": dave_cookie},
+        auth={"token": token("dave", team="blue")},
+    )
+
+    def dave_body() -> dict[str, Any]:
+        envelope = {"method": "get", "url": "/echo", "data": {}, "headers": ask}
+        (jwr,) = js.emit_ack(dave, "get", envelope)
+        return _echo_body(jwr)
+
     ws_cookie = "sid=carol-session"
     ws = WsClient(
         g0.ws_url + "?token=" + token("carol"),
@@ -135,6 +151,7 @@ def test_sails_sio4_and_ws_actions_know_who_is_asking(pair: TokenPair, js: NodeD
         _check(got, "alice", sails_cookie, role="admin")
         assert got["headers"]["x-tenant"] == "acme", (stage, got)  # an operator's x- header
         _check(v4_body(), "bob", v4_cookie, plan="pro")
+        _check(dave_body(), "dave", dave_cookie, team="blue")
         _check(ws_body(), ws_user, ws_cookie, sub="carol")
 
     ws_user = "carol"

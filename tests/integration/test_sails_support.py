@@ -379,6 +379,7 @@ class NodeDriver:
         *,
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        auth: dict[str, str] | None = None,
         listen: Sequence[str] = (),
         wait: bool = True,
     ) -> tuple[str, str | None]:
@@ -390,6 +391,8 @@ class NodeDriver:
             fields["query"] = query
         if headers is not None:
             fields["headers"] = headers
+        if auth is not None:
+            fields["auth"] = auth
         fields["listen"] = list(listen)
         self.call("sio", **fields)
         sid = None

@@ -14,7 +14,7 @@
 //   {"op": "sails", "client", "url", "query"?, "headers"?, "listen"?: [event], "requests"?: [request]}
 //       io.sails.connect(url): the listeners are bound and the requests made before the socket
 //       has connected (sails.io.js queues them); each queued request answers with its own "id".
-//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "listen"?: [event]}
+//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "auth"?, "listen"?: [event]}
 //       a raw socket.io-client socket, websocket transport only, no reconnection.
 //   "headers": sent with the WebSocket handshake (sails.io.js: initialConnectionHeaders;
 //   socket.io-client: extraHeaders), as a Node client can (a browser sends its cookie itself).
@@ -120,6 +120,7 @@ function handle(cmd) {
       const opts = { transports: ['websocket'], forceNew: true, reconnection: false };
       if (cmd.query) opts.query = cmd.query;
       if (cmd.headers) opts.extraHeaders = cmd.headers;
+      if (cmd.auth) opts.auth = cmd.auth; // socket.io-client 4: sent with CONNECT
       const raw = cmd.version === 4 ? sio4.io(cmd.url, opts) : sio2(cmd.url, opts);
       clients.set(name, { kind: 'sio', socket: raw });
       watch(name, raw, cmd.listen);
