@@ -49,8 +49,8 @@ class Request:
 
     Who is asking, as the router knows the socket: ``user`` is the connection's identity (its
     token's ``sub``, or what a connect hook or ``set_presence`` set; None when anonymous),
-    ``claims`` the verified token claims (``{}`` without a token). ``headers`` are the
-    request's own headers over the socket's handshake headers (the gateway's
+    ``claims`` the verified token claims (``{}`` without a token). ``headers`` (names in lower
+    case) are the request's own headers over the socket's handshake headers (the gateway's
     ``--handshake-headers`` allowlist: cookie, user-agent, accept-language, origin by default),
     as Sails merges them; ``handshake_headers`` are the latter alone.
     ``cluster`` is the worker's SDK handle (a ``Cluster`` for async handlers, a ``SyncCluster``
