@@ -23,6 +23,7 @@ from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
 from gateway.metrics import GatewayMetrics
+from gateway.requester import parse_allowlist
 from roomcast import curve
 from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.zmqio import new_context
@@ -115,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         default=[],
         help="room pattern clients may broadcast to (repeatable)",
     )
+    p.add_argument(
+        "--handshake-headers",
+        default=",".join(d.handshake_headers),
+        help="handshake headers that action handlers see in req.headers, comma-separated "
+        "(add the x- headers your proxies set; authorization is never passed on)",
+    )
     # Abuse limits
     p.add_argument("--max-connections", type=int, default=d.max_connections, help="then 503")
     p.add_argument(
@@ -174,6 +181,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         curve.client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast gateway: {exc}") from None
+    try:
+        handshake_headers = parse_allowlist(a.handshake_headers)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast gateway: --handshake-headers: {exc}") from None
     config = GatewayConfig(
         router=a.router,
         fanout=a.fanout,
@@ -198,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         allowed_origins=tuple(o.rstrip("/") for o in a.allowed_origin),
         client_join=tuple(a.client_join),
         client_publish=tuple(a.client_publish),
+        handshake_headers=handshake_headers,
         max_connections=a.max_connections,
         max_frames_per_s=a.max_frames_per_second,
         frame_burst=a.frame_burst,

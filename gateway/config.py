@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from gateway.requester import DEFAULT_HANDSHAKE_HEADERS
+
 __all__ = ["GatewayConfig"]
 
 
@@ -48,6 +50,8 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] = ()  # exact; empty: any (browsers always send Origin)
     client_join: tuple[str, ...] = ()  # room patterns clients may join/leave (dev: "*")
     client_publish: tuple[str, ...] = ()  # room patterns clients may broadcast to (dev: "*")
+    # Handshake headers action handlers see (gateway/requester.py), lower case; never authorization
+    handshake_headers: tuple[str, ...] = DEFAULT_HANDSHAKE_HEADERS
     # Abuse limits
     max_connections: int = 100_000  # then 503 before the upgrade
     max_frames_per_s: float = 1000.0  # per connection, inbound; then 429

@@ -103,4 +103,9 @@ def _identity(claims: dict[str, Any]) -> Identity:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise TokenError("token sub must be a non-empty string")
-    return Identity(user=sub, join=_patterns(claims, "rooms"), publish=_patterns(claims, "publish"))
+    return Identity(
+        user=sub,
+        join=_patterns(claims, "rooms"),
+        publish=_patterns(claims, "publish"),
+        claims=claims,
+    )

@@ -26,7 +26,7 @@ from roomcast.requests import SocketLike, SocketsLike, get_id, socket_ids
 if TYPE_CHECKING:
     from roomcast.link import Link
 
-__all__ = ["Receipt", "Rooms", "Sockets", "encode_json"]
+__all__ = ["Receipt", "Rooms", "Sockets", "encode_json", "sails_event_data"]
 
 Rooms: TypeAlias = str | list[str] | tuple[str, ...]
 
@@ -44,6 +44,17 @@ def encode_json(value: object, what: str = "data") -> bytes:
 def _room_list(value: object) -> list[str]:
     # rooms.as_room_list takes lists only; a tuple of names is just as clear in Python.
     return _rooms.as_room_list(list(value) if isinstance(value, tuple) else value)
+
+
+def sails_event_data(event: object, data: object) -> tuple[object, object]:
+    """Sails' optional ``eventName``: a second argument that is not a string is the data,
+    sent as event ``"message"`` (with a third argument too, it is a mistake: 400). ``None``
+    is not taken for data: as an event it is refused (400) like any other bad event."""
+    if isinstance(event, str) or event is None:
+        return event, data
+    if data is not None:
+        raise BadRequest("event must be a string (leave it out to send data as 'message')")
+    return "message", event
 
 
 def _event(event: object) -> str:
@@ -89,7 +100,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -102,7 +113,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -115,7 +126,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -128,7 +139,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -140,7 +151,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -149,6 +160,10 @@ class Sockets:
         confirm_timeout: float = 5.0,
     ) -> int | Receipt:
         """Send ``event`` once to every member of any of ``rooms`` except ``omit``.
+
+        As in Sails, the event may be left out: ``broadcast(rooms, data)`` with a second
+        argument that is not a string sends ``data`` as event ``"message"`` (``blast(data)``
+        the same).
 
         Returns how many gateways the router handed the message to; with ``receipt=True`` a
         :class:`Receipt` (exact socket counts). ``confirm=True`` (a receipt, whatever
@@ -160,7 +175,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -172,7 +187,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -184,7 +199,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -196,7 +211,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -207,7 +222,7 @@ class Sockets:
 
     async def blast(
         self,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -221,7 +236,7 @@ class Sockets:
     async def publish(
         self,
         rooms: Rooms | None,
-        event: str,
+        event: object,
         data: object,
         omit: SocketsLike | None,
         receipt: bool,
@@ -230,6 +245,7 @@ class Sockets:
     ) -> int | Receipt:
         """What broadcast (``rooms``) and blast (``None``) share; one signature whatever the
         receipt flags, so SyncSockets can forward to it without the overloads."""
+        event, data = sails_event_data(event, data)
         msg = wire.Publish(
             ref=self._link.next_ref(),
             rooms=() if rooms is None else tuple(_room_list(rooms)),

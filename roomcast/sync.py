@@ -219,7 +219,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -232,7 +232,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -245,7 +245,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -258,7 +258,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -270,7 +270,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -285,7 +285,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -297,7 +297,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -309,7 +309,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -321,7 +321,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -332,7 +332,7 @@ class SyncSockets:
 
     def blast(
         self,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -347,7 +347,7 @@ class SyncSockets:
     def _publish(
         self,
         rooms: Rooms | None,
-        event: str,
+        event: object,
         data: object,
         omit: SocketsLike | None,
         receipt: bool,

@@ -15,6 +15,7 @@ replies to SDK clients and workers go back over the ROUTER socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import secrets
@@ -47,7 +48,11 @@ from router.publish import Publisher
 from router.requests import Requests
 from router.workers import WorkerPool
 
-__all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
+__all__ = ["GATEWAY_ID_PREFIX", "MAX_CONTEXT_BYTES", "Router", "RouterConfig"]
+
+# A gateway bounds each socket's requester context (gateway/requester.py: 16 KiB); the router
+# keeps one per socket, so it drops any larger one rather than trust every peer to.
+MAX_CONTEXT_BYTES = 64 * 1024
 
 log = logging.getLogger("roomcast.router")
 
@@ -65,7 +70,10 @@ class Router:
             tracked=lambda room: any(fnmatch.fnmatchcase(room, p) for p in patterns),
         )
         self.history = self._new_history()
-        self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
+        # Unguessable refs: a peer cannot answer a request it was not sent (router/workers.py).
+        self.workers = WorkerPool(
+            timeout_s=config.worker_timeout_s, refs=lambda: secrets.randbits(64)
+        )
         # Its authenticator runs before any bind, so no handshake completes unchecked.
         self.curve = ServerCurve(
             ctx,
@@ -128,7 +136,12 @@ class Router:
             max_held=config.commands_hwm_messages,
         )
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
-        metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
+        metrics.bind_workers(
+            lambda: len(self.workers),
+            lambda: self.workers.in_flight,
+            busy=lambda: self.workers.busy,
+            routes=self.workers.routes_served,
+        )
 
     def _new_history(self) -> History:
         return History(
@@ -260,7 +273,8 @@ class Router:
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
-            topo.open_sockets(gateway, msg.sockets, msg.users)
+            bounded = tuple(_bounded(c) for c in msg.contexts)
+            topo.open_sockets(gateway, msg.sockets, msg.users, bounded)
             reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):
             if gateway is not None:
@@ -279,7 +293,8 @@ class Router:
             if gateway is None:
                 raise BadRequest("only gateways resync")
             identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
-            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities)
+            contexts = {s.socket: _bounded(s.context) for s in msg.sockets if s.context}
+            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities, contexts)
             if msg.last:
                 log.info("gateway %s resynced", gateway)
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
@@ -288,9 +303,9 @@ class Router:
         elif isinstance(msg, wire.Goodbye):
             self._goodbye(identity, gateway, msg)
         elif isinstance(msg, wire.Request):
-            self.requests.forward(identity, gateway, msg, now)
+            self.requests.forward(identity, gateway, self._with_requester(msg), now)
         elif isinstance(msg, wire.Reply):
-            self.requests.answer(msg)
+            self.requests.answer(identity, msg)
         elif isinstance(msg, wire.Delivered):
             if gateway is not None:
                 self.publisher.delivered(msg, gateway)
@@ -328,7 +343,7 @@ class Router:
         )
         if gateway is None:
             if msg.role is wire.Role.WORKER:
-                self.requests.hello(identity, msg.node_id, now)
+                self.requests.hello(identity, msg, now)
             self.links.reply(identity, None, ack)
             return
         dropped = self.topology.add_gateway(gateway)
@@ -359,12 +374,21 @@ class Router:
     def _set_presence(self, identity: bytes, gateway: str | None, msg: wire.SetPresence) -> None:
         queries.check_presence(msg)
         owner = self.topology.set_presence(msg.socket, msg.user, msg.meta)
+        if msg.context and gateway == owner:  # only the socket's own gateway vouches for it
+            self.topology.set_context(msg.socket, _bounded(msg.context))
         # The socket's gateway keeps the identity for its resyncs.
         update = wire.MemberUpdate(
             identities=(wire.SocketRooms(socket=msg.socket, user=msg.user, meta=msg.meta),)
         )
         self.links.to_gateway(owner, wire.encode(update))
         self.links.reply(identity, gateway, wire.Reply(ref=msg.ref))
+
+    def _with_requester(self, msg: wire.Request) -> wire.Request:
+        """The request with who is asking, as the router knows the socket (whatever the asker
+        claimed): its user (token subject, or what set_presence set) and its gateway's context."""
+        known = self.topology.requester(msg.socket)
+        user, context = ("", b"") if known is None else known[1:]
+        return dataclasses.replace(msg, user=user, context=context)
 
     def _apply(self, identity: bytes, gateway: str | None, ref: int, changes: Changes) -> None:
         """Send each affected gateway its MemberUpdate, then acknowledge the caller."""
@@ -449,6 +473,7 @@ class Router:
                 self.links.beat()
                 self._expire(now)
             self.requests.expire(now)
+            self.metrics.refresh_routes()
             self.history.sweep(now)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
@@ -478,3 +503,7 @@ class Router:
 
 def _ignore_subscriptions(batch: Batch) -> None:
     """XPUB hands us subscription frames; gateways announce themselves with Hello instead."""
+
+
+def _bounded(context: bytes) -> bytes:
+    return context if len(context) <= MAX_CONTEXT_BYTES else b""

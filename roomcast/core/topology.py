@@ -54,6 +54,7 @@ class _Socket:
     rooms: set[str]
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""  # opaque to the topology: what the gateway said about the requester
 
 
 class Topology:
@@ -101,15 +102,23 @@ class Topology:
     def gateways(self) -> list[str]:
         return list(self._gateways)
 
-    def open_sockets(self, gateway: str, sockets: Iterable[str], users: Sequence[str] = ()) -> None:
+    def open_sockets(
+        self,
+        gateway: str,
+        sockets: Iterable[str],
+        users: Sequence[str] = (),
+        contexts: Sequence[bytes] = (),
+    ) -> None:
         """Register new connections of ``gateway``, each in its own-id room (``users``: their
-        presence identities, in the same order; missing or "" means none)."""
+        presence identities, ``contexts``: what action workers learn about them, in the same
+        order; missing or empty means none)."""
         owned = self._gateways.setdefault(gateway, set())
         for i, sid in enumerate(sockets):
             if sid in self._sockets:
                 self._forget(sid)
             user = users[i] if i < len(users) else ""
-            self._sockets[sid] = _Socket(gateway, set(), user)
+            context = contexts[i] if i < len(contexts) else b""
+            self._sockets[sid] = _Socket(gateway, set(), user, context=context)
             self._user_up(user)
             owned.add(sid)
             self._add(sid, sid)
@@ -129,13 +138,16 @@ class Topology:
         gateway: str,
         sockets: Iterable[tuple[str, Sequence[str]]],
         identities: Mapping[str, tuple[str, bytes]] | None = None,
+        contexts: Mapping[str, bytes] | None = None,
     ) -> None:
         """Apply a gateway's replayed state: sockets with their rooms (invalid rooms dropped)
-        and, in ``identities``, the presence identity and metadata of those that have one."""
+        and, in ``identities``, the presence identity and metadata of those that have one (in
+        ``contexts``, their requester contexts)."""
         identities = identities or {}
+        contexts = contexts or {}
         for sid, rooms in sockets:
             user, meta = identities.get(sid, ("", b""))
-            self.open_sockets(gateway, (sid,), (user,))
+            self.open_sockets(gateway, (sid,), (user,), (contexts.get(sid, b""),))
             entry = self._sockets[sid]
             entry.meta = meta
             if user and meta:
@@ -206,6 +218,15 @@ class Topology:
         if user and meta:
             self._user_meta[user] = meta
         return entry.gateway
+
+    def set_context(self, socket: str, context: bytes) -> None:
+        """Replace what action workers learn about a socket's requester (its gateway's word)."""
+        self._entry(socket).context = context
+
+    def requester(self, socket: str) -> tuple[str, str, bytes] | None:
+        """(gateway, user, context) of a socket, or None when it is not registered."""
+        entry = self._sockets.get(socket)
+        return None if entry is None else (entry.gateway, entry.user, entry.context)
 
     def track(self, room: str, enabled: bool) -> None:
         """Flag a room for presence transitions, whether or not it matches ``tracked``."""

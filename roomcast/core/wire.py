@@ -69,6 +69,7 @@ __all__ = [
 # major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
 # kinds); a major bump is a change they cannot. Peers of another major version are refused at
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
+# 1.2: route-aware workers (Hello.routes), the requester's identity on requests (contexts).
 # 2.0: Bundle (a gateway's stream packs a batch's messages into one sequenced message), Goodbye,
 # the router state LEAVING.
 PROTOCOL_VERSION = 200
@@ -115,6 +116,7 @@ class SocketRooms:
     rooms: tuple[str, ...] = ()
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +133,9 @@ class Hello:
     node_id: str = ""
     role: Role = Role.UNSPECIFIED
     protocol_version: int = PROTOCOL_VERSION
+    routes: tuple[str, ...] = ()
+    routes_known: bool = False
+    busy: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +158,7 @@ class SocketOpen:
     ref: int = 0
     sockets: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    contexts: tuple[bytes, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +236,8 @@ class Request:
     url: str = ""
     headers: bytes = b"{}"
     data: bytes = b"null"
+    user: str = ""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,6 +247,7 @@ class SetPresence:
     socket: str = ""
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -409,7 +418,13 @@ def encode(msg: Message) -> bytes:
         elif how is _ROOMS:
             target = getattr(sub, name)
             for item in value:
-                target.add(socket=item.socket, rooms=item.rooms, user=item.user, meta=item.meta)
+                target.add(
+                    socket=item.socket,
+                    rooms=item.rooms,
+                    user=item.user,
+                    meta=item.meta,
+                    context=item.context,
+                )
         elif how is _OFFSETS:
             target = getattr(sub, name)
             for item in value:
@@ -438,7 +453,13 @@ def decode(data: bytes) -> Message:
             kwargs[name] = tuple(value)
         elif how is _ROOMS:
             kwargs[name] = tuple(
-                SocketRooms(socket=i.socket, rooms=tuple(i.rooms), user=i.user, meta=i.meta)
+                SocketRooms(
+                    socket=i.socket,
+                    rooms=tuple(i.rooms),
+                    user=i.user,
+                    meta=i.meta,
+                    context=i.context,
+                )
                 for i in value
             )
         elif how is _OFFSETS:

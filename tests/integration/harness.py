@@ -435,6 +435,7 @@ class WsClient:
         rcvbuf: int | None = None,
         max_queue: int | None = None,
         name: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self.name = name or f"ws{next(_CLIENT_IDS)}"
@@ -454,6 +455,7 @@ class WsClient:
             close_timeout=5 * T,
             ping_interval=None,
             max_queue=max_queue,
+            additional_headers=headers,
             **_LEGACY,
         )
         self._refs = itertools.count(1)

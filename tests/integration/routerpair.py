@@ -170,11 +170,16 @@ class Pair:
             "-m", "gateway", "--router", self.commands, "--fanout", fanouts,
             "--host", "127.0.0.1", "--port", str(port), "--internal-port", str(internal_port),
             "--env", "development", "--drain-timeout", str(DRAIN_TIMEOUT), *GATEWAY_FLAGS,
+            *self.gateway_extra(),
         ]  # fmt: skip
         name = f"gateway{i}" if not port else f"gateway{i}-replacement"
         proc = self._add(Proc(name, argv))
         info = proc.wait_ready()
         return Gateway(proc, info["public"], info["internal"])
+
+    def gateway_extra(self) -> Sequence[str]:
+        """More gateway flags (a subclass's)."""
+        return ()
 
     def replace_gateway(self, i: int) -> float:
         """What a rolling deploy does to one gateway pod: SIGTERM (it drains and must exit 0

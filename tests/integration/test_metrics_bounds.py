@@ -38,7 +38,9 @@ from tests.integration.harness import Cluster, Metrics, http_get, start_cluster
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 # Label names a roomcast metric may carry: small fixed sets of values, each.
-_ALLOWED_LABELS = {"reason", "code", "kind", "status", "op", "operation", "le"}
+# "route": the route patterns action workers announce (app code, capped at 200 values; client
+# paths that match none count as "unmatched").
+_ALLOWED_LABELS = {"reason", "code", "kind", "status", "op", "operation", "route", "le"}
 # Units that are not base units (Prometheus: seconds, bytes), as name words.
 _NON_BASE_UNITS = {
     "ms", "msec", "millis", "milliseconds", "us", "usec", "micros", "microseconds", "ns",

@@ -336,6 +336,7 @@ class NodeDriver:
         listen: Sequence[str] = (),
         requests: Sequence[dict[str, Any]] = (),
         query: str | None = None,
+        headers: dict[str, str] | None = None,
         wait: bool = True,
         reconnect: bool = False,
         rejoin: dict[str, Any] | None = None,
@@ -348,6 +349,8 @@ class NodeDriver:
         fields.update(reconnect=reconnect, rejoin=rejoin)
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
         if requests:
             fields["requests"] = [{"id": self.next_id(), **r} for r in requests]
         reply = self.call("sails", **fields)
@@ -389,6 +392,8 @@ class NodeDriver:
         url: str,
         *,
         query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: dict[str, str] | None = None,
         listen: Sequence[str] = (),
         wait: bool = True,
         reconnect: bool = False,
@@ -401,6 +406,10 @@ class NodeDriver:
         fields.update(reconnect=reconnect, rejoin=rejoin)
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
+        if auth is not None:
+            fields["auth"] = auth
         fields["listen"] = list(listen)
         self.call("sio", **fields)
         sid = None

@@ -11,10 +11,10 @@
 // Library logging goes to stderr, never stdout. Exits 0 on SIGTERM or when stdin closes.
 //
 // Commands (every one carries "id"; "client" names a socket the driver holds):
-//   {"op": "sails", "client", "url", "query"?, "listen"?: [event], "requests"?: [request]}
+//   {"op": "sails", "client", "url", "query"?, "headers"?, "listen"?: [event], "requests"?: [request]}
 //       io.sails.connect(url): the listeners are bound and the requests made before the socket
 //       has connected (sails.io.js queues them); each queued request answers with its own "id".
-//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "listen"?: [event]}
+//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "auth"?, "listen"?: [event]}
 //       a raw socket.io-client socket, websocket transport only, no reconnection.
 //   Both take "reconnect": true to keep the library's own reconnection with its default
 //   settings (sails.io.js: `reconnection: true`, as a Sails app sets it), and "rejoin":
@@ -23,6 +23,8 @@
 //   that saw that room's history position recovers what it missed from there once re-joined
 //   (the roomcast:recover event). Reports: "reconnect_attempt", "rejoined" {sid, status},
 //   "recovered" {body}; every report of such a client carries "at" (ms since the epoch).
+//   "headers": sent with the WebSocket handshake (sails.io.js: initialConnectionHeaders;
+//   socket.io-client: extraHeaders), as a Node client can (a browser sends its cookie itself).
 //   {"op": "request", "client", "via": "get"|"post"|"put"|"patch"|"delete"|"request",
 //    "method"?, "url", "data"?, "headers"?}        (sails sockets)
 //   {"op": "emit", "client", "event", "args": [...], "ack": bool}       (raw sockets)
@@ -119,6 +121,7 @@ function handle(cmd) {
       const reconnection = !!cmd.reconnect;
       const opts = { url: cmd.url, multiplex: false, transports: ['websocket'], reconnection };
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.initialConnectionHeaders = cmd.headers;
       const socket = sailsIo.sails.connect(opts);
       const entry = { kind: 'sails', socket, stamped: reconnection || !!cmd.rejoin };
       clients.set(name, entry);
@@ -156,6 +159,8 @@ function handle(cmd) {
       const opts = { transports: ['websocket'], forceNew: true };
       if (!cmd.reconnect) opts.reconnection = false;
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.extraHeaders = cmd.headers;
+      if (cmd.auth) opts.auth = cmd.auth; // socket.io-client 4: sent with CONNECT
       const raw = cmd.version === 4 ? sio4.io(cmd.url, opts) : sio2(cmd.url, opts);
       const entry = { kind: 'sio', socket: raw, stamped: !!cmd.reconnect || !!cmd.rejoin };
       clients.set(name, entry);
