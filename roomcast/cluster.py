@@ -102,7 +102,7 @@ class Cluster:
         )
         reply = await link.submit(msg)
         if reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         try:
             body = json.loads(reply.body) if reply.body else None
             resp_headers = json.loads(reply.headers) if reply.headers else {}

@@ -195,7 +195,7 @@ class Link:
         """Send ``msg`` and return its successful reply; an error reply raises its typed error."""
         reply = await self.submit(msg, wait=wait)
         if reply.status >= 400 or reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         return reply
 
     async def close(self) -> None:
