@@ -19,7 +19,7 @@ from typing import Any
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
-from gateway.api_spec import OPERATIONS, openapi_document
+from gateway.api_spec import OPERATIONS, field_problem, openapi_document
 from gateway.metrics import GatewayMetrics
 from roomcast.cluster import Cluster, Receipt
 from roomcast.core.errors import (
@@ -289,14 +289,9 @@ class Api:
             raise Unauthorized("wrong api key")
 
     async def run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        op = OPERATIONS[name]
-        props = op.body.get("properties", {})
-        unknown = sorted(set(body) - set(props))
-        if unknown:
-            raise BadRequest("unknown fields: " + ", ".join(u[:40] for u in unknown[:5]))
-        missing = [f for f in op.body.get("required", []) if f not in body]
-        if missing:
-            raise BadRequest("missing fields: " + ", ".join(missing))
+        problem = field_problem(name, list(body))
+        if problem:
+            raise BadRequest(problem)
         return await _RUN[name](self.cluster, body)
 
     async def close(self) -> None:

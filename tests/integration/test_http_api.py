@@ -576,7 +576,9 @@ def scenario_presence(ac: ApiCluster, api: HttpApi, via: str) -> None:
         message="presence after a tab closed",
     )
     api.refused("presence", {"room": ""}, 400, "invalid_room")
-    api.refused("presence", {}, 400, "bad_request", "missing fields: room")
+    api.refused(
+        "presence", {}, 400, "bad_request", "missing fields: room; presence takes room (required)"
+    )
 
 
 def scenario_presence_stats(ac: ApiCluster, api: HttpApi, via: str) -> None:
@@ -620,7 +622,13 @@ def scenario_set_presence(ac: ApiCluster, api: HttpApi, via: str) -> None:
     for bad in ({"socket": sock.id, "user": ""}, {"socket": sock.id, "user": 5},
                 {"socket": "", "user": "ada"}, {"socket": [sock.id], "user": "ada"}):  # fmt: skip
         api.refused("set_presence", bad, 400, "bad_request")
-    api.refused("set_presence", {"socket": sock.id}, 400, "bad_request", "missing fields: user")
+    api.refused(
+        "set_presence",
+        {"socket": sock.id},
+        400,
+        "bad_request",
+        "missing fields: user; set_presence takes socket (required), user (required), meta",
+    )
     assert presence() == {"bob": {"connections": 1, "meta": None}}
 
 
@@ -900,13 +908,24 @@ def test_rejections_have_exact_statuses_no_effect_and_are_counted(ac: ApiCluster
         api.refused("broadcast", raw, 400, "bad_request", "body is not valid json")
     for raw in (b'["' + room.encode() + b'"]', b'"x"', b"null", b"3", b"true"):
         api.refused("broadcast", raw, 400, "bad_request", "body must be a json object")
+    takes = "; broadcast takes rooms (required), event, data, omit, receipt, confirm, "
+    takes += "confirm_timeout"
     api.refused("broadcast", {**hit, "bogus": 1, "extra": 2}, 400, "bad_request",
-                "unknown fields: bogus, extra")  # fmt: skip
+                "unknown fields: bogus, extra" + takes)  # fmt: skip
     api.refused("broadcast", {"event": "leak", "data": 1}, 400, "bad_request",
-                "missing fields: rooms")  # fmt: skip
-    api.refused("join", {}, 400, "bad_request", "missing fields: sockets, rooms")
-    api.refused("broadcast", b"", 400, "bad_request", "missing fields: rooms")
-    api.refused("publish", {"model": "m", "ids": 1}, 400, "bad_request", "missing fields: data")
+                "missing fields: rooms" + takes)  # fmt: skip
+    api.refused("join", {}, 400, "bad_request",
+                "missing fields: sockets, rooms; "
+                "join takes sockets (required), rooms (required)")  # fmt: skip
+    api.refused("broadcast", b"", 400, "bad_request", "missing fields: rooms" + takes)
+    api.refused("publish", {"model": "m", "ids": 1}, 400, "bad_request",
+                "missing fields: data; publish takes model (required), ids (required), "
+                "data (required), omit")  # fmt: skip
+    # The field meant, not only the one refused (a Sails habit: `data` for `changes`).
+    api.refused("publish_update", {"model": "m", "id": 1, "data": {}}, 400, "bad_request",
+                "unknown fields: data (did you mean changes?); missing fields: changes; "
+                "publish_update takes model (required), id (required), changes (required), "
+                "previous, omit")  # fmt: skip
     api.refused("broadcast", {"rooms": [], "data": 1}, 400, "bad_request")
     api.refused("broadcast", {"rooms": room, "event": 5}, 400, "bad_request")
     api.refused("join", {"sockets": 5, "rooms": room}, 400, "bad_request")
