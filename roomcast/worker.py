@@ -187,6 +187,13 @@ class Worker:
         except RoomcastError as err:
             return _error(msg.ref, err)
         except TimeoutError:
+            # The client sees only 504: say here which action was too slow.
+            log.warning(
+                "action %s %s timed out after %g s: answered 504",
+                msg.method,
+                msg.url.split("?")[0][:200],
+                self.config.handler_timeout_s,
+            )
             return _error(msg.ref, Timeout("the action did not answer in time"))
         except Exception:
             log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
