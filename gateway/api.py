@@ -265,7 +265,10 @@ class Api:
         curve_key: str = "",
         curve_server_key: str = "",
     ) -> None:
-        self.cluster = Cluster(router, curve_key=curve_key, curve_server_key=curve_server_key)
+        # No local publish bound: the router's --max-publish-bytes answers 413 for every path.
+        self.cluster = Cluster(
+            router, curve_key=curve_key, curve_server_key=curve_server_key, max_publish_bytes=0
+        )
         self._keys = tuple(k.encode() for k in keys if k)
         self.development = development
         self.max_body_bytes = max_body_bytes

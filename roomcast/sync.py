@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from roomcast.cluster import Cluster
 from roomcast.core.errors import StateError, Timeout
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id
 from roomcast.sockets import Receipt, Rooms
 from roomcast.sync_model import SyncModel
@@ -88,6 +89,7 @@ class SyncCluster:
         connect_timeout: float = 2.0,
         curve_key: str | os.PathLike[str] | None = None,
         curve_server_key: str | os.PathLike[str] | None = None,
+        max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES,
     ) -> None:
         # Fail on a bad url, timeout or key file here, in the caller's frame, not on first use.
         Cluster(
@@ -96,7 +98,9 @@ class SyncCluster:
             connect_timeout=connect_timeout,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
+            max_publish_bytes=max_publish_bytes,
         )
+        self._max_publish_bytes = max_publish_bytes
         self._curve_key = curve_key
         self._curve_server_key = curve_server_key
         self.url = url
@@ -175,6 +179,7 @@ class SyncCluster:
             connect_timeout=self._connect_timeout,
             curve_key=self._curve_key,
             curve_server_key=self._curve_server_key,
+            max_publish_bytes=self._max_publish_bytes,
         )
         self._pid = os.getpid()
 
