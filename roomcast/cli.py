@@ -3,10 +3,19 @@
 Owns the ``roomcast`` console script. ``roomcast router|gateway ...`` exec into
 ``python -m router|gateway ...`` with the remaining arguments: the SDK never imports the server
 packages (the arrows point down), it only starts them as processes. ``roomcast dev`` supervises
-a router, N gateways and the action workers on loopback as child processes: it reads each
-child's ``READY {json}`` line (children's stdout is not passed through; their stderr is
-inherited), prints one ``READY`` line of its own, and on SIGTERM/SIGINT stops them in order
-(gateways and workers first, the router last) within ``--drain-timeout`` + 5 s.
+a router, the action workers and N gateways on loopback as child processes (started from the
+caller's directory, so ``--worker myapp:app`` imports ``myapp`` from there). It reads each
+child's ``READY {json}`` line and prints one ``READY`` line of its own on stdout; everything
+else the children write (stdout and stderr, a handler's ``print()`` included) goes to dev's
+stderr, one line at a time, prefixed with the child's name (``[worker myapp:app] ...``).
+
+Every way dev ends stops its children: SIGTERM, SIGINT and SIGHUP (a closed terminal) stop
+them in order (gateways and workers first, the router last) within ``--drain-timeout`` + 5 s,
+and each child asks the kernel for SIGTERM should dev itself die (``PR_SET_PDEATHSIG``, Linux).
+A child that dies while dev runs is reported and, by default, restarted on the same ports
+(``--on-exit restart``); ``keep`` leaves the rest running without it, ``stop`` ends everything
+(exit 1). Gateways call the workers' ``@app.on_connect`` / ``@app.on_disconnect`` hooks when a
+worker's app defines them (``--connect-hook`` / ``--disconnect-hook auto``).
 ``roomcast bench`` runs the scenarios of :mod:`roomcast.bench`; ``roomcast keygen`` writes CURVE
 certificates (:mod:`roomcast.curve`).
 """
@@ -15,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from roomcast.flags import EnvArgumentParser, print_ready
@@ -106,32 +116,50 @@ def _parser() -> EnvArgumentParser:
         "dev",
         help="run a local cluster: a router, N gateways and workers on loopback",
         description=(
-            "Run a router and N gateways (development mode) and the given action workers on "
-            "this machine. Prints one READY {json} line on stdout with every address, and a "
-            "hint with the demo page URL on stderr. SIGTERM or Ctrl-C stops everything."
+            "Run a router, the given action workers and N gateways (development mode) on this "
+            "machine, from the current directory. Prints one READY {json} line on stdout with "
+            "every address, and on stderr the demo page URL and the children's output, each "
+            "line prefixed with its name. A child that dies is reported and restarted (see "
+            "--on-exit). SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops everything."
         ),
     )
-    d.add_argument("--gateways", type=int, default=2, help="how many gateways to run")
+    d.add_argument("--gateways", type=int, default=2, help="gateways to run (count)")
     d.add_argument(
         "--port",
         type=int,
         default=8080,
-        help="public port of gateway 0; gateway i gets PORT+i and internal port PORT+1000+i; "
-        "0 picks free ports for everything",
+        help="public port number of gateway 0; gateway i gets PORT+i and internal port "
+        "PORT+1000+i; 0 picks free ports for everything",
     )
     d.add_argument("--host", default="127.0.0.1", help="the address gateways listen on")
     d.add_argument(
         "--router-port",
         type=int,
         default=5570,
-        help="router commands port (fanout +1, http +2); ignored with --port 0",
+        help="router commands port number (fanout +1, http +2); ignored with --port 0",
     )
     d.add_argument(
         "--worker",
         action="append",
         default=[],
         metavar="MODULE:APP",
-        help="run `roomcast worker MODULE:APP` too (repeatable; comma-separated in the env)",
+        help="run `roomcast worker MODULE:APP` too, importing MODULE from the current "
+        "directory (repeatable; comma-separated in the env)",
+    )
+    for hook, decorator in (("connect", "on_connect"), ("disconnect", "on_disconnect")):
+        d.add_argument(
+            f"--{hook}-hook",
+            choices=("auto", "on", "off"),
+            default="auto",
+            help=f"gateways call the workers' {hook.upper()} / hook (@app.{decorator}); "
+            f"auto: when a --worker app defines it",
+        )
+    d.add_argument(
+        "--on-exit",
+        choices=("restart", "keep", "stop"),
+        default="restart",
+        help="when a child dies: restart it on the same ports (after a pause that grows "
+        "while it keeps dying), keep the rest running without it, or stop everything (exit 1)",
     )
     d.add_argument(
         "--drain-timeout",
@@ -159,19 +187,30 @@ def _bench(ns: argparse.Namespace) -> int:
 
 
 class _Stopped(Exception):
-    """SIGTERM/SIGINT arrived: stop the children and exit 0."""
+    """SIGTERM/SIGINT/SIGHUP arrived: stop the children and exit 0."""
 
 
 class _ChildFailed(Exception):
     """A child died or did not become ready: stop the rest and exit 1 (the text says why)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Child:
     name: str
+    argv: list[str]
     last: bool  # stopped after the others: the router, which draining gateways still talk to
-    proc: asyncio.subprocess.Process
-    drain: asyncio.Task[None] | None = None
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Future[dict[str, Any]] | None = None  # the READY json
+    hooks: dict[str, bool] = dataclasses.field(default_factory=dict)  # a worker's HOOKS line
+    pumps: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    started: float = 0.0
+    pause: float = 0.0  # before the next restart
+
+
+# A restarted child that dies again within this many seconds waits twice as long before the
+# next restart (1 s first, at most _MAX_PAUSE_S).
+_STABLE_S = 10.0
+_MAX_PAUSE_S = 30.0
 
 
 def _dev(ns: argparse.Namespace) -> int:
@@ -197,14 +236,63 @@ def _status(code: int) -> str:
     return f"status {code}"
 
 
-def _say(text: str) -> None:
-    print(f"roomcast dev: {text}", file=sys.stderr, flush=True)
-
-
-async def _discard(stream: asyncio.StreamReader) -> None:
-    # Keep reading after READY: a child writing to a full pipe would block forever.
-    while await stream.read(65536):
+def _emit(text: str) -> None:
+    # stderr may be a terminal that is gone (SIGHUP) or a closed pipe: never fail on it.
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
         pass
+
+
+def _say(text: str) -> None:
+    _emit(f"roomcast dev: {text}")
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGTERM the child when dev dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # dev died between fork and prctl
+            os._exit(1)
+
+    return hook
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _fixed_ports(argv: list[str], info: dict[str, Any]) -> list[str]:
+    """``argv`` with the ports a child really got (from its READY line) instead of port 0, so
+    that a restart comes back where every peer and client expects it."""
+    values = {
+        "--commands": info.get("commands"),
+        "--fanout": info.get("fanout"),
+        "--http-port": _port_of(info.get("http")),
+        "--port": _port_of(info.get("public")),
+        "--internal-port": _port_of(info.get("internal")),
+    }
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        value = values.get(arg)
+        if value:
+            out[i + 1] = value
+    return out
+
+
+def _port_of(url: object) -> str | None:
+    if not isinstance(url, str) or ":" not in url:
+        return None
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    return port if port.isdigit() else None
 
 
 class _Dev:
@@ -212,10 +300,11 @@ class _Dev:
         self.ns = ns
         self.children: list[_Child] = []
         self.stop = asyncio.Event()
+        self._preexec = _die_with_parent_hook()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             # Repeated signals change nothing: supervisors such as timeout(1) deliver one to the
             # process and one to its group, so "a second Ctrl-C kills" would skip the drain.
             loop.add_signal_handler(sig, self.stop.set)
@@ -229,7 +318,7 @@ class _Dev:
             return 1
         finally:
             await self._stop_all()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
 
     async def _serve(self) -> None:
@@ -243,11 +332,21 @@ class _Dev:
         router_argv += ["--fanout", f"tcp://127.0.0.1:{rp + 1 if rp else 0}"]
         router_argv += ["--http-port", str(rp + 2 if rp else 0)]
         router_argv += ["--drain-timeout", f"{ns.drain_timeout:g}"]
-        router = await self._spawn("router", router_argv, last=True)
+        router = await self._spawn(_Child("router", router_argv, last=True))
         (router_info,) = await self._ready([router], deadline)
         for key in ("commands", "fanout"):
             if not isinstance(router_info.get(key), str):
                 raise _ChildFailed(f"router's READY line has no {key!r} address")
+        # Workers before gateways: their apps say which hooks the gateways must call.
+        workers = []
+        for spec in ns.worker:
+            argv = [py, "-m", "roomcast.devworker", spec, "--router", router_info["commands"]]
+            workers.append(await self._spawn(_Child(f"worker {spec}", argv, last=False)))
+        await self._ready(workers, deadline)
+        hooks = {
+            hook: choice == "on" or (choice == "auto" and any(w.hooks.get(hook) for w in workers))
+            for hook, choice in (("connect", ns.connect_hook), ("disconnect", ns.disconnect_hook))
+        }
         gateways = []
         for i in range(ns.gateways):
             argv = [py, "-m", "gateway", "--router", router_info["commands"]]
@@ -255,45 +354,115 @@ class _Dev:
             argv += ["--port", str(ns.port + i if ns.port else 0)]
             argv += ["--internal-port", str(ns.port + 1000 + i if ns.port else 0)]
             argv += ["--env", "development", "--drain-timeout", f"{ns.drain_timeout:g}"]
-            if ns.worker:
-                # Workers may serve afterDisconnect (DISCONNECT /); the demo keeps counts with it.
-                argv += ["--disconnect-hook"]
-            gateways.append(await self._spawn(f"gateway {i}", argv))
-        workers = []
-        for spec in ns.worker:
-            argv = [py, "-m", "roomcast.cli", "worker", spec, "--router", router_info["commands"]]
-            workers.append(await self._spawn(f"worker {spec}", argv))
-        infos = await self._ready(gateways + workers, deadline)
-        gateway_infos = infos[: len(gateways)]
+            argv += [f"--{hook}-hook" for hook, on in hooks.items() if on]
+            gateways.append(await self._spawn(_Child(f"gateway {i}", argv, last=False)))
+        gateway_infos = await self._ready(gateways, deadline)
         print_ready({"router": router_info, "gateways": gateway_infos, "workers": len(workers)})
         public = str(gateway_infos[0].get("public", "?")).rstrip("/")
+        called = " and ".join(f"@app.on_{h}" for h, on in hooks.items() if on) or "no hooks"
         _say(
             f"demo at {public}/ (router {router_info['commands']}, {len(gateways)} gateways, "
-            f"{len(workers)} workers); Ctrl-C stops"
+            f"{len(workers)} workers, {called}); Ctrl-C stops"
         )
         await self._watch()
 
-    async def _spawn(self, name: str, argv: list[str], *, last: bool = False) -> _Child:
+    async def _spawn(self, child: _Child) -> _Child:
+        loop = asyncio.get_running_loop()
+        # print() in a handler shows up at once, not when a block buffer fills.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *child.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
                 # Own process group: a terminal's Ctrl-C reaches only us, and we stop the
                 # children in order instead of all of them racing at once.
                 process_group=0,
+                preexec_fn=self._preexec,
                 limit=_LINE_LIMIT,
             )
         except OSError as exc:
-            raise _ChildFailed(f"cannot start {name}: {exc}") from None
-        child = _Child(name, last, proc)
-        self.children.append(child)
+            raise _ChildFailed(f"cannot start {child.name}: {exc}") from None
+        if child not in self.children:
+            self.children.append(child)
+        child.proc = proc
+        child.started = loop.time()
+        child.ready = loop.create_future()
+        assert proc.stdout is not None and proc.stderr is not None
+        child.pumps = [
+            asyncio.create_task(self._pump_stdout(child, proc.stdout, child.ready)),
+            asyncio.create_task(self._pump(child, proc.stderr)),
+        ]
         return child
+
+    async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
+        """Every line of ``stream`` to our stderr, prefixed (and keep reading: a child writing
+        to a full pipe would block forever)."""
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # over _LINE_LIMIT: readline dropped it
+                continue
+            if not line:
+                return
+            _emit(f"[{child.name}] " + line.decode("utf-8", "replace").rstrip("\r\n"))
+
+    async def _pump_stdout(
+        self, child: _Child, stream: asyncio.StreamReader, ready: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        """Like _pump, but the first READY line (and a worker's HOOKS line) are ours."""
+        while not ready.done():
+            try:
+                line = await stream.readline()
+            except ValueError:
+                continue
+            if not line:
+                return
+            if line.startswith(b"HOOKS "):
+                try:
+                    hooks = json.loads(line[6:])
+                except ValueError:
+                    hooks = None
+                if isinstance(hooks, dict):
+                    child.hooks = {k: bool(v) for k, v in hooks.items()}
+                continue
+            if line.startswith(b"READY "):
+                try:
+                    info = json.loads(line[6:])
+                except ValueError:
+                    info = None
+                if isinstance(info, dict):
+                    ready.set_result(info)
+                else:
+                    ready.set_exception(
+                        _ChildFailed(f"{child.name} printed a READY line that is not a json object")
+                    )
+                continue
+            _emit(f"[{child.name}] " + line.decode("utf-8", "replace").rstrip("\r\n"))
+        await self._pump(child, stream)
+
+    async def _await_ready(self, child: _Child) -> dict[str, Any]:
+        assert child.proc is not None and child.ready is not None
+        exited = asyncio.ensure_future(child.proc.wait())
+        waiting: set[asyncio.Future[Any]] = {child.ready, exited}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if not child.ready.done():
+            # Exited: a READY line it printed just before may still be in the pipe.
+            await asyncio.wait(child.pumps[:1], timeout=1.0)
+        if not child.ready.done():
+            code = await child.proc.wait()
+            raise _ChildFailed(f"{child.name} exited with {_status(code)} before it was ready")
+        return child.ready.result()
 
     async def _ready(self, children: list[_Child], deadline: float) -> list[dict[str, Any]]:
         """Each child's READY json, in order; raises _Stopped, or _ChildFailed (death, time)."""
         loop = asyncio.get_running_loop()
-        tasks = [asyncio.create_task(self._read_ready(c)) for c in children]
+        tasks = [asyncio.create_task(self._await_ready(c)) for c in children]
         stopper = asyncio.create_task(self.stop.wait())
         try:
             pending: set[asyncio.Task[Any]] = set(tasks)
@@ -318,48 +487,88 @@ class _Dev:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
 
-    async def _read_ready(self, child: _Child) -> dict[str, Any]:
-        stdout = child.proc.stdout
-        assert stdout is not None
-        while True:
-            try:
-                line = await stdout.readline()
-            except ValueError:  # over _LINE_LIMIT: not a READY line; readline dropped it
-                continue
-            if not line:
-                code = await child.proc.wait()
-                raise _ChildFailed(f"{child.name} exited with {_status(code)} before it was ready")
-            if not line.startswith(b"READY "):
-                continue
-            try:
-                info = json.loads(line[6:])
-            except ValueError:
-                info = None
-            if not isinstance(info, dict):
-                raise _ChildFailed(f"{child.name} printed a READY line that is not a json object")
-            child.drain = asyncio.create_task(_discard(stdout))
-            return info
-
     async def _watch(self) -> None:
-        """Until a signal (return) or the death of any child (_ChildFailed)."""
-        waits = {asyncio.create_task(c.proc.wait()): c for c in self.children}
-        stopper = asyncio.create_task(self.stop.wait())
+        """Until a signal (return); a child's death is handled as --on-exit says."""
+        exits: dict[asyncio.Future[Any], _Child] = {}
+        for child in self.children:
+            assert child.proc is not None
+            exits[asyncio.ensure_future(child.proc.wait())] = child
+        restarts: dict[asyncio.Future[Any], _Child] = {}
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
         try:
-            done, _ = await asyncio.wait({*waits, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                waiting: set[asyncio.Future[Any]] = {stopper, *exits, *restarts}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    return
+                for task in done:
+                    if task in restarts:
+                        child = restarts.pop(task)
+                        if task.result() and child.proc is not None:
+                            exits[asyncio.ensure_future(child.proc.wait())] = child
+                        continue
+                    child = exits.pop(task)
+                    what = f"{child.name} exited with {_status(task.result())}"
+                    if self.ns.on_exit == "stop":
+                        raise _ChildFailed(what)
+                    if self.ns.on_exit == "keep":
+                        _say(f"{what}; the others keep running (--on-exit keep)")
+                        continue
+                    _say(f"{what}; restarting it (--on-exit restart)")
+                    restarts[asyncio.ensure_future(self._restart(child))] = child
         finally:
-            for task in (*waits, stopper):
+            waits: list[asyncio.Future[Any]] = [stopper, *exits, *restarts]
+            for task in waits:
                 task.cancel()
-            await asyncio.gather(*waits, stopper, return_exceptions=True)
-        if stopper in done:
-            return
-        task = next(t for t in waits if t in done)
-        raise _ChildFailed(f"{waits[task].name} exited with {_status(task.result())}")
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _restart(self, child: _Child) -> bool:
+        """Start ``child`` again on the ports it had, until it is ready (True) or we stop."""
+        loop = asyncio.get_running_loop()
+        assert child.ready is not None
+        if child.ready.done() and not child.ready.exception():
+            child.argv = _fixed_ports(child.argv, child.ready.result())
+        while True:
+            lived = loop.time() - child.started
+            child.pause = (
+                1.0 if lived >= _STABLE_S else min(max(child.pause, 0.5) * 2, _MAX_PAUSE_S)
+            )
+            try:
+                await asyncio.wait_for(self.stop.wait(), child.pause)
+                return False
+            except TimeoutError:
+                pass
+            await self._end_pumps(child)
+            try:
+                await self._spawn(child)
+                deadline = loop.time() + self.ns.start_timeout
+                await self._ready([child], deadline)
+            except _Stopped:
+                return False
+            except _ChildFailed as exc:
+                _say(f"{exc}; trying again")
+                if child.proc is not None and child.proc.returncode is None:
+                    child.proc.kill()
+                    await child.proc.wait()
+                continue
+            _say(f"{child.name} restarted")
+            return True
+
+    async def _end_pumps(self, child: _Child) -> None:
+        if child.pumps:
+            # The pipes hit EOF as the child exits; a stray grandchild holding one must not
+            # keep us here.
+            _, late = await asyncio.wait(child.pumps, timeout=1.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*child.pumps, return_exceptions=True)
+            child.pumps = []
 
     async def _stop_all(self) -> None:
         loop = asyncio.get_running_loop()
         start, drain = loop.time(), self.ns.drain_timeout
-        # Everything is down by drain + 5 s (DESIGN.md §3); the router keeps the last second
-        # even when gateways use their whole grace.
+        # Everything is down by drain + 5 s; the router keeps the last second even when
+        # gateways use their whole grace.
         await self._stop(
             [c for c in self.children if not c.last],
             start + drain + _KILL_GRACE_S - 1 - loop.time(),
@@ -367,30 +576,26 @@ class _Dev:
         await self._stop(
             [c for c in self.children if c.last], start + drain + _KILL_GRACE_S - loop.time()
         )
-        drains = [c.drain for c in self.children if c.drain is not None]
-        if drains:
-            # The pipes hit EOF as the children exit; a stray grandchild holding one must not
-            # keep us here.
-            _, late = await asyncio.wait(drains, timeout=1.0)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*drains, return_exceptions=True)
+        for child in self.children:
+            await self._end_pumps(child)
 
     async def _stop(self, children: Iterable[_Child], timeout: float) -> None:
-        alive = [c for c in children if c.proc.returncode is None]
+        alive = [c for c in children if c.proc is not None and c.proc.returncode is None]
         for child in alive:
+            assert child.proc is not None
             try:
                 child.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
         if not alive:
             return
-        waits = {asyncio.create_task(c.proc.wait()): c for c in alive}
+        waits = {asyncio.create_task(c.proc.wait()): c for c in alive if c.proc is not None}
         _, late = await asyncio.wait(waits, timeout=max(timeout, 0.0))
         for task in late:
             child = waits[task]
             _say(f"{child.name} did not stop in time; killing it")
             try:
+                assert child.proc is not None
                 child.proc.kill()
             except ProcessLookupError:
                 pass
@@ -399,6 +604,9 @@ class _Dev:
         for child, code in zip(waits.values(), codes, strict=True):
             if code != 0 and child.name not in killed:
                 _say(f"{child.name} exited with {_status(code)}")
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 if __name__ == "__main__":

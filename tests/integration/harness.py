@@ -156,9 +156,13 @@ class Proc:
         argv: Sequence[str],
         *,
         stdin: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        program: str | None = None,
     ) -> None:
+        """``program`` (default: this Python) runs with ``argv`` from ``cwd`` (default: the
+        repository)."""
         self.name = name
-        self.argv = [sys.executable, *argv]
+        self.argv = [program or sys.executable, *argv]
         fd, path = tempfile.mkstemp(prefix=f"roomcast-{name}-", suffix=".log")
         os.close(fd)
         self.log_path = pathlib.Path(path)
@@ -170,7 +174,7 @@ class Proc:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            cwd=REPO,
+            cwd=REPO if cwd is None else cwd,
             env=child_env,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()

@@ -296,9 +296,7 @@ def test_handler_past_handler_timeout_is_504_from_the_worker(env: Env, url: str)
     assert after.get(name, status="timeout") == before.get(name, status="timeout")
     # The client sees only 504: the worker's log says which action was too slow.
     line = f"action POST {url} timed out after {HANDLER_TIMEOUT:g} s"
-    deadline_poll(
-        lambda: any(line in w.log_text() for w in env.workers), 5 * T, message=repr(line)
-    )
+    deadline_poll(lambda: any(line in w.log_text() for w in env.workers), 5 * T, message=repr(line))
     assert call(client, "GET", "/echo")["statusCode"] == 200
 
 
