@@ -1,4 +1,4 @@
-"""The ``roomcast`` command (DESIGN.md §3): component dispatch and the all-in-one dev cluster.
+"""The ``roomcast`` command (architecture §3): component dispatch and the all-in-one dev cluster.
 
 Owns the ``roomcast`` console script. ``roomcast router|gateway ...`` exec into
 ``python -m router|gateway ...`` with the remaining arguments: the SDK never imports the server
@@ -39,7 +39,7 @@ __all__ = ["main"]
 
 _COMPONENTS = ("router", "gateway")
 
-# How long children get beyond --drain-timeout before being killed (DESIGN.md §3).
+# How long children get beyond --drain-timeout before being killed (architecture §3).
 _KILL_GRACE_S = 5.0
 # A READY line carries a few addresses; anything longer is not one (and must not buffer forever).
 _LINE_LIMIT = 1 << 20

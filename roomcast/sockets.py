@@ -54,7 +54,7 @@ def _event(event: object) -> str:
 
 
 class Sockets:
-    """``sails.sockets`` for the whole cluster (DESIGN.md §5), as ``cluster.sockets``.
+    """``sails.sockets`` for the whole cluster (architecture §5), as ``cluster.sockets``.
 
     Arguments are checked before anything is sent: a bad room name raises
     :class:`~roomcast.core.errors.InvalidRoom` and a bad socket argument

@@ -4,7 +4,7 @@ Owns one private I/O thread per ``SyncCluster``, running its own asyncio loop an
 :class:`~roomcast.cluster.Cluster`; every blocking call hands a coroutine to that loop with
 ``asyncio.run_coroutine_threadsafe`` and waits for it. Submissions are made under a lock and the
 loop starts them in submission order, and a ``Cluster`` writes each command before its coroutine
-first suspends, so calls reach the router in the order they were made (DESIGN.md §5.2), from
+first suspends, so calls reach the router in the order they were made (architecture §5.2), from
 one thread or several. :class:`SyncSockets` is its ``cluster.sockets``; the blocking models of
 ``cluster.model()`` are :mod:`roomcast.sync_model`'s (:class:`SyncModel`, re-exported here).
 

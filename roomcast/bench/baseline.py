@@ -5,7 +5,7 @@ compares roomcast against in the same run: every ``/ws`` connection is in one ro
 broadcast from a client is encoded once and sent to every other connection with
 ``write_message`` (one call, one frame and one socket write per recipient per message).
 
-It speaks the subset of the plain ``/ws`` protocol (DESIGN.md §4) the bench drives, so the same
+It speaks the subset of the plain ``/ws`` protocol (architecture §4) the bench drives, so the same
 clients and publisher run against both: ``{"op":"welcome","socket":ID}`` on open, ``join``/``leave``
 answered 200 (everyone is in the one room anyway), ``broadcast`` pushed as
 ``{"op":"event","event":E,"data":D}`` to every other connection.

@@ -1,4 +1,4 @@
-"""Actions (DESIGN §4 ``request`` op, §6 actions contract) through real processes.
+"""Actions (architecture §4 ``request`` op, §6 actions contract) through real processes.
 
 A router, gateways and ``roomcast worker`` processes serving ``tests.integration.apps:app`` (and
 ``apps_extra:extra``); plain ``/ws`` clients send ``{"op":"request",...}`` frames and get JWR-like

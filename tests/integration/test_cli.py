@@ -229,24 +229,11 @@ def test_a_taken_router_port_is_one_line_exit_2(router: Proc) -> None:
 
 # ------------------------------------------------------------------------------- roomcast dev
 
-MYAPP = '''\
-"""A newcomer's app, in its own folder."""
-from roomcast import App
 
-app = App()
-
-
-@app.action("POST", "/hello")
-def hello(req):
-    print("hello from", req.socket)  # shows up in roomcast dev's output, prefixed
-    return {"hello": req.socket}
-
-
-@app.on_connect
-def let_in(req):
-    # Refuses every socket that does not ask with ?let=in.
-    return req.data["query"].get("let") == "in"
-'''
+def _readme_blocks(lang: str, marker: str) -> str:
+    """The README's first ``lang`` code block containing ``marker``."""
+    blocks = re.findall(r"```(\w+)\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return next(b for kind, b in blocks if kind == lang and marker in b)
 
 
 def _start_dev(folder: pathlib.Path, *args: str) -> Proc:
@@ -257,9 +244,10 @@ def _start_dev(folder: pathlib.Path, *args: str) -> Proc:
 
 @pytest.fixture(scope="module")
 def app_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    # The README's "your own app, from your own folder": its chat.py, in a folder of its own.
     folder = tmp_path_factory.mktemp("myproject")
-    (folder / "myapp.py").write_text(MYAPP)
-    dev = _start_dev(folder, "--gateways", "2", "--worker", "myapp:app")
+    (folder / "chat.py").write_text(_readme_blocks("python", "def let_in"))
+    dev = _start_dev(folder, "--gateways", "2", "--worker", "chat:app")
     try:
         dev.wait_ready(30 * T)
     except BaseException:
@@ -281,11 +269,11 @@ def _ws(dev: Proc, gateway: int, query: str = "?let=in") -> WsClient:
 def test_dev_runs_the_app_from_its_own_folder_and_shows_its_prints(app_dev: Proc) -> None:
     client = _ws(app_dev, 0)
     try:
-        reply = client.request("request", method="POST", url="/hello", data={})
+        reply = client.request("request", method="POST", url="/chat/hello", data={})
         assert reply["statusCode"] == 200 and reply["body"] == {"hello": client.id}, reply
     finally:
         client.close()
-    line = f"[worker myapp:app] hello from {client.id}"
+    line = f"[worker chat:app] hello from {client.id}"
     deadline_poll(lambda: line in app_dev.log_text(), 5 * T, message=repr(line))
 
 
@@ -314,7 +302,7 @@ def test_dev_restarts_a_child_that_dies_and_keeps_the_rest(app_dev: Proc) -> Non
     for gateway in (0, 1):
         client = _ws(app_dev, gateway)
         try:
-            assert client.request("request", method="POST", url="/hello")["statusCode"] == 200
+            assert client.request("request", method="POST", url="/chat/hello")["statusCode"] == 200
         finally:
             client.close()
 
@@ -322,10 +310,8 @@ def test_dev_restarts_a_child_that_dies_and_keeps_the_rest(app_dev: Proc) -> Non
 def test_readme_tour_against_the_cluster(app_dev: Proc, tmp_path: pathlib.Path) -> None:
     """Step 2 (the Python broadcast) and step 3 (curl) of the README, with the real addresses
     from dev's READY line instead of the fixed ports, and two 'tabs' in the lobby."""
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```(\w+)\n(.*?)```", readme, re.S)
-    python = next(b for lang, b in blocks if lang == "python" and "sockets in the lobby" in b)
-    curl = next(b for lang, b in blocks if lang == "sh" and "curl" in b)
+    python = _readme_blocks("python", "sockets in the lobby")
+    curl = _readme_blocks("sh", "curl")
     info = app_dev.info
     lobby = fresh_room("lobby")
     tabs = [_ws(app_dev, 0), _ws(app_dev, 1)]

@@ -1,4 +1,4 @@
-"""The HTTP server API (DESIGN §6, issue 6) against a real cluster, with a real HTTP client.
+"""The HTTP server API (architecture §6, issue 6) against a real cluster, with a real HTTP client.
 
 The module's cluster: a router (``--max-rooms-per-socket 8``), two development gateways without
 API keys (``open0``, ``open1``: the API is open, and the ``/ws`` clients live there), and a
@@ -13,7 +13,7 @@ exact status and ``{"error", "message"}`` body, are counted in
 README's ``curl`` line runs as is.
 
 Negative checks use a marker, not a wait: after the call whose effect must not arrive, the same
-gateway's API sends a marker to the socket's own id room; by per-publisher order (DESIGN §5,
+gateway's API sends a marker to the socket's own id room; by per-publisher order (architecture §5,
 guarantee 2) the marker is the next thing the socket may see.
 """
 

@@ -6,7 +6,7 @@ import pytest
 
 from roomcast.core.closecodes import CloseCode, reconnect_policy
 
-# DESIGN.md §4, the contract.
+# architecture §4, the contract.
 CONTRACT = [
     (CloseCode.GOING_AWAY, 1001, "now"),
     (CloseCode.POLICY_VIOLATION, 1008, "never"),

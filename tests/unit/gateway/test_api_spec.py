@@ -153,7 +153,7 @@ def test_operations_are_exactly_the_implemented_ones() -> None:
 
 
 def test_sdk_operations_of_the_design_are_all_there() -> None:
-    """DESIGN.md §6: the SDK's operations, plus the Resourceful PubSub helpers."""
+    """architecture §6: the SDK's operations, plus the Resourceful PubSub helpers."""
     sdk = {
         "broadcast", "blast", "join", "leave", "leave_all", "add_room_members_to_rooms",
         "remove_room_members_from_rooms", "count", "members", "rooms", "publish",
