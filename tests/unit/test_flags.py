@@ -17,6 +17,7 @@ from roomcast.flags import EnvArgumentParser, flag_problems
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from gateway.__main__ import build_parser as gateway_parser
+    from roomcast.bench.baseline import build_parser as baseline_parser
     from roomcast.bench.command import _parser as bench_parser
     from roomcast.cli import _parser as cli_parser
     from roomcast.worker import build_parser as worker_parser
@@ -28,10 +29,13 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         "gateway": gateway_parser(),
         "worker": worker_parser(),
         "bench": bench_parser(),
+        "baseline": baseline_parser(),
     }
 
 
-@pytest.mark.parametrize("command", ["roomcast", "router", "gateway", "worker", "bench"])
+@pytest.mark.parametrize(
+    "command", ["roomcast", "router", "gateway", "worker", "bench", "baseline"]
+)
 def test_every_flag_has_help_a_unit_and_its_default(command: str) -> None:
     parser = _parsers()[command]
     assert flag_problems(parser) == []
