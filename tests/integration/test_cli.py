@@ -365,3 +365,30 @@ def test_every_way_dev_ends_ends_its_children(tmp_path: pathlib.Path, how: signa
         )
     finally:
         dev.kill()
+
+
+@pytest.mark.parametrize("policy", ["keep", "stop"])
+def test_dev_on_exit_keep_and_stop(tmp_path: pathlib.Path, policy: str) -> None:
+    dev = Proc(
+        "dev",
+        ["-m", "roomcast.cli", "dev", "--port", "0", "--gateways", "2", "--on-exit", policy,
+         "--drain-timeout", str(DRAIN_TIMEOUT)],
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        dev.wait_ready()
+        kids = children_of(dev.popen.pid)
+        victim = max(k for k, c in kids.items() if "-m gateway" in c)
+        os.kill(victim, signal.SIGKILL)
+        if policy == "keep":
+            said = "exited with signal SIGKILL; the others keep running (--on-exit keep)"
+            deadline_poll(lambda: said in dev.log_text(), 10 * T, message=repr(said))
+            assert dev.alive() and set(children_of(dev.popen.pid)) == set(kids) - {victim}
+            assert "restart" not in dev.log_text()
+            assert dev.stop() == 0
+        else:
+            assert dev.popen.wait((DRAIN_TIMEOUT + 5) * T) == 1
+            assert "exited with signal SIGKILL; stopping" in dev.log_text()
+        deadline_poll(lambda: not any(alive(k) for k in kids), 10 * T, message="no child left")
+    finally:
+        dev.kill()
