@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roomcast.cli import _fixed_ports, _port_of
+from roomcast.dev import _fixed_ports, _port_of
 from roomcast.devworker import hooks_of
 
 ROUTER = ["py", "-m", "router", "--commands", "tcp://127.0.0.1:0", "--fanout",
