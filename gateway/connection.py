@@ -27,7 +27,7 @@ from gateway.policy import ANONYMOUS, Identity
 from gateway.ratelimit import RateLimit
 from gateway.sendqueue import FIRST, REFUSED, SendQueue
 from gateway.tokens import TokenError
-from roomcast.core.closecodes import CloseCode
+from roomcast.core.closecodes import CloseCode, is_final
 from roomcast.core.errors import RoomcastError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.registered = True
 
     def goodbye(self) -> None:
-        """Protocol-level notice sent just before a server-initiated close."""
+        """Protocol-level notice sent just before a close meant to be final (``is_final``)."""
 
     def report_error(self, ref: object, err: RoomcastError) -> None:
         raise NotImplementedError
@@ -200,7 +200,8 @@ class Connection(tornado.websocket.WebSocketHandler):
         """Server-initiated close with a documented code (the close frame follows queued data)."""
         if self.close_cause is not None:
             return
-        self.goodbye()
+        if is_final(code):
+            self.goodbye()
         self.close_cause = reason
         # Counted now, not when Tornado finally closes: a client that stops reading takes
         # Tornado's 5 s close timeout to go away, and the decision is what operators watch.

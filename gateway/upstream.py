@@ -48,6 +48,7 @@ log = logging.getLogger("roomcast.gateway.upstream")
 _GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
 SUB_BATCH = 64
 _MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is given
+_GOODBYE_LINGER_MS = 1000
 
 
 class UpstreamHandler(Protocol):
@@ -138,6 +139,7 @@ class Upstream:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self._say_goodbye()
         for _dealer, dealer_reader, _sub, reader in self._links:
             reader.stop()
             dealer_reader.stop()
@@ -145,6 +147,20 @@ class Upstream:
         for dealer, _dealer_reader, sub, _reader in self._links:
             dealer.close()
             sub.close()
+
+    def _say_goodbye(self) -> None:
+        """Tell the router we leave on purpose (after the drain), so it drops our sockets now
+        and does not take us for crashed when our heartbeats stop."""
+        if self.state == "hello":
+            return  # no router holds a session of ours: nobody to tell
+        # The DEALER drops what is queued when it closes (LINGER 0, so that a dead router
+        # never holds up a stop): give this one message a bounded moment to leave.
+        self._dealer.setsockopt(zmq.LINGER, _GOODBYE_LINGER_MS)
+        body = wire.encode(wire.Goodbye(node_id=self.node_id, role=wire.Role.GATEWAY))
+        try:
+            self._dealer.send(body, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            log.debug("goodbye not sent: the router is not reachable")
 
     # --- commands --------------------------------------------------------------------------
 

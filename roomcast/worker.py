@@ -46,6 +46,8 @@ __all__ = ["Worker", "WorkerConfig", "build_parser", "load_app", "main", "normal
 
 log = logging.getLogger("roomcast.worker")
 
+_GOODBYE_REF = 1  # the only ref a worker sends: its Goodbye (requests carry the router's refs)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
@@ -53,6 +55,7 @@ class WorkerConfig:
     heartbeat_interval_s: float = 1.0
     handler_timeout_s: float = 25.0  # below the router's request timeout, so we answer first
     max_concurrency: int = 64
+    goodbye_timeout_s: float = 2.0  # how long a stopping worker waits for the routers' ack
     # CURVE (roomcast/curve.py): both files, or neither (off)
     curve_key: str = ""  # our .key_secret certificate
     curve_server_key: str = ""  # the router's public .key certificate
@@ -104,6 +107,7 @@ class Worker:
             config.router, curve_key=config.curve_key, curve_server_key=config.curve_server_key
         )
         self._sync_cluster: Any = None
+        self._goodbyes: dict[int, asyncio.Future[None]] = {}  # per socket, once leaving
         self.served = 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -127,8 +131,31 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval_s)
                 except TimeoutError:
                     pass
+            await self.leave()
         finally:
             await self.close()
+
+    async def leave(self) -> None:
+        """Say Goodbye to every router and wait (bounded) for each acknowledgement: a router
+        routes nothing to us after it, so once the requests in flight are answered (close()),
+        no request is left without its answer."""
+        loop = asyncio.get_running_loop()
+        self._goodbyes = {id(sock): loop.create_future() for sock in self._socks}
+        bye = wire.encode(
+            wire.Goodbye(ref=_GOODBYE_REF, node_id=self.node_id, role=wire.Role.WORKER)
+        )
+        for sock in self._socks:
+            self._send(sock, bye)
+        _, missing = await asyncio.wait(
+            self._goodbyes.values(), timeout=self.config.goodbye_timeout_s
+        )
+        log.info(
+            "worker %s leaving: %d of %d routers acknowledged; finishing %d requests in flight",
+            self.node_id,
+            len(self._socks) - len(missing),
+            len(self._socks),
+            len(self._tasks),
+        )
 
     async def close(self) -> None:
         if self._tasks:
@@ -159,6 +186,10 @@ class Worker:
                 task = asyncio.ensure_future(self._serve(sock, msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            elif isinstance(msg, wire.Reply) and msg.ref == _GOODBYE_REF:
+                acked = self._goodbyes.get(id(sock))
+                if acked is not None and not acked.done():
+                    acked.set_result(None)
 
     async def _serve(self, sock: zmq.Socket[bytes], msg: wire.Request) -> None:
         async with self._slots:
@@ -340,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         await ready.wait()
         print_ready({"router": config.router, "node": worker.node_id, "actions": len(app.routes)})
         await task
+        log.info("worker %s stopped (%d requests served)", worker.node_id, worker.served)
 
     asyncio.run(serve())
     return 0

@@ -53,6 +53,11 @@ class RouterMetrics:
         self.gateway_expired = counter(
             "gateway_expired_total", "Gateways expired after missed heartbeats."
         )
+        self.goodbyes = counter(
+            "goodbyes_total",
+            "Peers that left on purpose (a drained gateway, a stopping worker), by role.",
+            ("role",),
+        )
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
         self.requests_forwarded = counter(
             "requests_forwarded_total", "Virtual requests forwarded to action workers."
@@ -82,6 +87,11 @@ class RouterMetrics:
         )
         self.peer_alive = gauge(
             "peer_alive", "1 while the pair's peer router was heard within --peer-timeout."
+        )
+        self.paired = gauge(
+            "paired",
+            "1 while this router of a pair hears its peer's state (in a rolling restart, wait "
+            "for it on the restarted router before stopping the other).",
         )
         self.takeovers = counter("takeovers_total", "Times this router of a pair became active.")
         self.stepdowns = counter(

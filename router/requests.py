@@ -41,6 +41,20 @@ class Requests:
             self._known = len(self._workers)
             log.info("worker %s hello (%d workers)", node_id, len(self._workers))
 
+    def goodbye(self, identity: bytes, node_id: str) -> bool:
+        """A worker stops: route it nothing new; its requests in flight still get its answers
+        (or 504 at their deadline). Whether it was known."""
+        if not self._workers.leave(identity):
+            return False
+        self._known = len(self._workers)
+        log.info(
+            "worker %s left (%d workers, %d requests in flight)",
+            node_id,
+            len(self._workers),
+            self._workers.in_flight,
+        )
+        return True
+
     def forward(self, identity: bytes, gateway: str | None, msg: wire.Request, now: float) -> None:
         if not msg.ref:
             raise BadRequest("a request needs a ref")

@@ -165,6 +165,8 @@ class Router:
         )
 
     async def stop(self) -> None:
+        if self.pair is not None and self.serving:
+            self._hand_over()
         self.serving = False
         self.metrics.up.set(0)
         self.metrics.serving.set(0)
@@ -210,7 +212,7 @@ class Router:
             return
         if self.failover.settling is not None and self.failover.hold(identity, gateway, msg):
             return
-        if gateway is not None and not isinstance(msg, wire.Hello):
+        if gateway is not None and not isinstance(msg, (wire.Hello, wire.Goodbye)):
             link = self.links.gateways.get(gateway)
             if link is None:
                 self.links.reset(gateway)
@@ -284,6 +286,8 @@ class Router:
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.Hello):
             self._hello(identity, gateway, msg, now)
+        elif isinstance(msg, wire.Goodbye):
+            self._goodbye(identity, gateway, msg)
         elif isinstance(msg, wire.Request):
             self.requests.forward(identity, gateway, msg, now)
         elif isinstance(msg, wire.Reply):
@@ -337,6 +341,21 @@ class Router:
             dropped,
         )
         self.links.reply(identity, gateway, ack)
+
+    def _goodbye(self, identity: bytes, gateway: str | None, msg: wire.Goodbye) -> None:
+        """A peer leaves on purpose: forget it now, not after the expiry meant for crashes."""
+        if gateway is None:
+            if msg.role is wire.Role.WORKER and self.requests.goodbye(identity, msg.node_id):
+                self.metrics.goodbyes.labels("worker").inc()
+            if msg.ref:
+                # Ordered after every request we sent it: none follows this acknowledgement.
+                self.links.reply(identity, None, wire.Reply(ref=msg.ref))
+            return
+        if self.links.gateways.pop(gateway, None) is None:
+            return  # already expired or reset: nothing left of it
+        dropped = self.topology.drop_gateway(gateway)
+        self.metrics.goodbyes.labels("gateway").inc()
+        log.info("gateway %s left after draining (%d sockets removed)", gateway, dropped)
 
     def _set_presence(self, identity: bytes, gateway: str | None, msg: wire.SetPresence) -> None:
         queries.check_presence(msg)
@@ -392,6 +411,20 @@ class Router:
             # peer served has resynced, or for --gateway-timeout (after which we would expire
             # a silent gateway anyway).
             self.failover.settle(expected, self.config.gateway_timeout_s)
+
+    def _hand_over(self) -> None:
+        """Stopping while serving a pair (a rolling restart): the peer takes over now, not
+        after the peer timeout, and our gateways move to it at once. Deliveries already
+        queued go out first (a gateway's stream is ordered), then its Reset."""
+        assert self.pair is not None
+        self.serving = False
+        self.pair.leave()  # the peer hears it with our gateways: whom its takeover waits for
+        gateways = list(self.links.gateways)
+        for gateway in gateways:
+            self.links.reset(gateway)
+        self.links.gateways.clear()
+        self.requests.drain(RouterUnavailable("the router stopped before the action answered"))
+        log.info("handed over to the peer router: %d gateways sent to it", len(gateways))
 
     def _step_down(self) -> None:
         """Fencing: forget every gateway (each is Reset and moves), answer requests in flight."""

@@ -49,6 +49,11 @@ class WorkerPool:
     def add(self, worker: bytes, now: float) -> None:
         self._last_seen[worker] = now
 
+    def leave(self, worker: bytes) -> bool:
+        """Take a worker out of the rotation, keeping its requests in flight for its replies;
+        whether it was in the rotation."""
+        return self._last_seen.pop(worker, None) is not None
+
     def remove(self, worker: bytes) -> list[Origin]:
         """Forget a worker; returns the requests it had in flight (now orphaned)."""
         self._last_seen.pop(worker, None)

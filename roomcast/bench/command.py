@@ -25,6 +25,7 @@ from roomcast.bench.failover import FailoverOptions, run_failover
 from roomcast.bench.fanout import FanoutOptions, run_fanout, smoke_verdict
 from roomcast.bench.procs import Fleet, raise_fd_limit
 from roomcast.bench.profiles import summarize_dir
+from roomcast.bench.router import RouterOptions, run_router
 from roomcast.bench.scenarios import run_connect, run_consistency, run_memory, run_rooms
 from roomcast.flags import EnvArgumentParser
 
@@ -161,6 +162,26 @@ def _parser() -> EnvArgumentParser:
     )
     r.add_argument("--duration", type=float, default=5.0, help="fixed-rate run seconds (0 skips)")
 
+    ro = sub.add_parser(
+        "router",
+        parents=[common],
+        help="the router process alone under a publish flood (raw ZeroMQ peers)",
+        description=(
+            "A router process with stand-in gateways and a publisher on raw ZeroMQ: "
+            "publishes/s at saturation and router CPU per publish, per number of targets."
+        ),
+    )
+    ro.add_argument(
+        "--targets", default="1,2,10", help="target gateways per publish (comma-separated list)"
+    )
+    ro.add_argument(
+        "--publishes", type=int, default=100_000, help="messages published in the burst"
+    )
+    ro.add_argument("--rate", type=float, default=2000.0, help="steady rate (publishes per second)")
+    ro.add_argument(
+        "--duration", type=float, default=5.0, help="steady-rate run (seconds; 0 skips it)"
+    )
+
     k = sub.add_parser(
         "connect",
         parents=[common],
@@ -217,6 +238,13 @@ def _check(parser: EnvArgumentParser, ns: Any) -> None:
             ns.connections = _levels(ns.connections)
         except ValueError as exc:
             parser.error(f"--connections: {exc}")
+    if ns.scenario == "router":
+        try:
+            _levels(ns.targets)
+        except ValueError as exc:
+            parser.error(f"--targets: {exc}")
+        if ns.publishes < 1 or ns.rate < 0 or ns.duration < 0:
+            parser.error("--publishes must be >= 1, --rate and --duration >= 0")
     if ns.scenario == "consistency" and ns.iterations < 1:
         parser.error("--iterations must be at least 1")
     if ns.scenario == "connect" and ns.clients < 1:
@@ -269,6 +297,14 @@ async def _scenario(
         return await run_rooms(
             opts, ns.sockets, ns.group_size, ns.messages, ns.rate, ns.duration, progress, logs, prof
         )
+    if ns.scenario == "router":
+        ro = RouterOptions(
+            targets=tuple(_levels(ns.targets)),
+            publishes=ns.publishes,
+            rate=ns.rate,
+            duration_s=ns.duration,
+        )
+        return await run_router(opts, ro, progress, logs, prof)
     if ns.scenario == "failover":
         fo = FailoverOptions(
             clients=ns.clients,

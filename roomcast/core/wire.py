@@ -29,6 +29,7 @@ __all__ = [
     "CopyMembers",
     "Deliver",
     "Delivered",
+    "Goodbye",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -92,6 +93,7 @@ class RouterState(enum.IntEnum):
     BACKUP = 2
     ACTIVE = 3
     PASSIVE = 4
+    LEAVING = 5
 
 
 class QueryKind(enum.IntEnum):
@@ -132,6 +134,14 @@ class Hello:
 class Heartbeat:
     KIND: ClassVar[str] = "heartbeat"
     node_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye:
+    KIND: ClassVar[str] = "goodbye"
+    ref: int = 0
+    node_id: str = ""
+    role: Role = Role.UNSPECIFIED
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,6 +327,7 @@ class PeerState:
 Message = (
     Hello
     | Heartbeat
+    | Goodbye
     | SocketOpen
     | SocketClose
     | Membership

@@ -231,10 +231,17 @@ class Proc:
 
     def readline(self, timeout: float) -> str:
         """The next stdout line after READY (helper processes answer on stdout)."""
+        line = self.poll_line(timeout)
+        if line is None:
+            pytest.fail(f"{self.name}: no output line within {timeout:.1f}s\n{self.log_tail()}")
+        return line
+
+    def poll_line(self, timeout: float) -> str | None:
+        """The next stdout line after READY, or None when none came within ``timeout``."""
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            pytest.fail(f"{self.name}: no output line within {timeout:.1f}s\n{self.log_tail()}")
+            return None
         if line is None:
             pytest.fail(f"{self.name}: stdout closed (exit {self.popen.poll()})\n{self.log_tail()}")
         return line

@@ -21,6 +21,7 @@ ROOMS = (
 SAMPLES: list[wire.Message] = [
     wire.Hello(ref=1, node_id="g1", role=wire.Role.GATEWAY, protocol_version=7),
     wire.Heartbeat(node_id="g1"),
+    wire.Goodbye(ref=3, node_id="w-1", role=wire.Role.WORKER),
     wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", "")),
     wire.SocketClose(sockets=("s1",)),
     wire.Membership(
