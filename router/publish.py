@@ -106,7 +106,11 @@ class Publisher:
             if not pending.waiting:
                 self._confirm_timeout(confirm)  # nobody to wait for
         elif msg.ref:
-            self._links.reply(identity, gateway, dataclasses.replace(reply, gateways=sent))
+            # Built anew, not with dataclasses.replace(): this runs once per publish.
+            done = wire.Reply(
+                ref=msg.ref, sockets=reply.sockets, omitted=reply.omitted, gateways=sent
+            )
+            self._links.reply(identity, gateway, done)
 
     def delivered(self, msg: wire.Delivered, gateway: str) -> None:
         """A gateway queued a confirmed publish for its sockets: answer once all of them did."""

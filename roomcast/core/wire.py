@@ -392,6 +392,8 @@ def encode(msg: Message) -> bytes:
     sub.SetInParent()
     for name, how in _PLANS[msg.KIND][1]:
         value = getattr(msg, name)
+        if not value:
+            continue  # the field's default (0, "", b"", False, empty): proto3 omits it anyway
         if how is _LIST:
             getattr(sub, name).extend(value)
         elif how is _ROOMS:

@@ -24,22 +24,26 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 _BAD = re.compile(r"Traceback \(most recent call last\)|\bERROR\b")
 
 
-@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
-def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path) -> None:
-    out = tmp_path / "smoke.json"
-    # Our own flags only: ROOMCAST_* variables would reach the bench (and its servers) as flags.
+def _bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``roomcast bench ARGS`` as a user runs it, with our own flags only: ROOMCAST_* variables
+    would reach the bench (and its servers) as flags."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    argv = [sys.executable, "-m", "roomcast.cli", "bench", "fanout", "--smoke", "--out", str(out)]
-    proc = subprocess.run(
-        argv,
+    return subprocess.run(
+        [sys.executable, "-m", "roomcast.cli", "bench", *args],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=360 * TIMEOUT_UNIT,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
+def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = _bench(["fanout", "--smoke", "--out", str(out)], 360 * TIMEOUT_UNIT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     assert not _BAD.search(proc.stderr), proc.stderr[-4000:]
     assert proc.stdout == ""  # the document went to --out
@@ -72,29 +76,8 @@ def test_bench_router_runs_and_loses_nothing(tmp_path: pathlib.Path) -> None:
     """``roomcast bench router`` at a small size: every publish answered and delivered to every
     stand-in gateway, the figures present, the router's log clean. No rate is asserted."""
     out = tmp_path / "router.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    argv = [sys.executable, "-m", "roomcast.cli", "bench", "router", "--targets", "1,3"]
-    argv += [
-        "--publishes",
-        "2000",
-        "--rate",
-        "500",
-        "--duration",
-        "1",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(
-        argv,
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=100 * TIMEOUT_UNIT,
-        check=False,
-    )
+    flags = ["--targets", "1,3", "--publishes", "2000", "--rate", "500", "--duration", "1"]
+    proc = _bench(["router", *flags, "--quiet", "--out", str(out)], 100 * TIMEOUT_UNIT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     doc = json.loads(out.read_text(encoding="utf-8"))
     runs = doc["results"]["runs"]

@@ -193,6 +193,23 @@ def paired(router: Proc) -> bool:
     return metrics_at(router.info["http"]).get("roomcast_router_paired") == 1
 
 
+def roll_router(pair: Pair, role: str) -> None:
+    """Restart the serving router of the pair as a rollout does: SIGTERM (it hands over, exit
+    0), the peer serves and the gateways follow it, then the replacement starts on the same
+    addresses and pairs, standing by."""
+    leaving, peer = (
+        (pair.primary, pair.backup) if role == "primary" else (pair.backup, pair.primary)
+    )
+    leaving.stop()
+    leaving.check_log()
+    deadline_poll(lambda: ready_status(peer) == 200, 20 * T, message=f"the {role}'s peer serves")
+    deadline_poll(pair.gateways_ready, 20 * T, message=f"gateways off the {role}")
+    (pair.restart_primary if role == "primary" else pair.restart_backup)()
+    back = pair.primary if role == "primary" else pair.backup
+    deadline_poll(lambda: paired(back), 20 * T, message=f"the {role} back and paired")
+    assert ready_status(back) == 503  # standing by: the peer keeps serving
+
+
 def _counter(router: Proc, name: str, **labels: str) -> float:
     return metrics_at(router.info["http"]).get(name, **labels)
 
@@ -245,22 +262,9 @@ def test_rolling_deploy_strands_no_client(deploy: tuple[Pair, NodeDriver]) -> No
         expired = _counter(active, "roomcast_router_gateway_expired_total")
         goodbyes = _counter(active, "roomcast_router_goodbyes_total", role="gateway")
         # --- the router pair, one at a time -----------------------------------------------
-        marks["routers"] = len(publisher.sent_at)
-        pair.primary.stop()
-        pair.primary.check_log()
-        deadline_poll(lambda: ready_status(pair.backup) == 200, 20 * T, message="backup serves")
-        deadline_poll(pair.gateways_ready, 20 * T, message="gateways on the backup")
-        pair.restart_primary()
-        deadline_poll(lambda: paired(pair.primary), 20 * T, message="primary back and paired")
-        assert ready_status(pair.primary) == 503  # passive: the backup keeps serving
-        marks["backup"] = len(publisher.sent_at)
-        pair.backup.stop()
-        pair.backup.check_log()
-        deadline_poll(lambda: ready_status(pair.primary) == 200, 20 * T, message="primary serves")
-        deadline_poll(pair.gateways_ready, 20 * T, message="gateways on the primary")
-        pair.restart_backup()
-        deadline_poll(lambda: paired(pair.backup), 20 * T, message="backup back and paired")
-        assert ready_status(pair.backup) == 503
+        for role in ("primary", "backup"):
+            marks[role] = len(publisher.sent_at)
+            roll_router(pair, role)
         js.pull_for(1.0)
     finally:
         publisher.finish()
