@@ -3,7 +3,7 @@
 # roomcast image: one image for every component, chosen by the first argument.
 #
 #   docker build -t roomcast:0.1.0 .          (or: scripts/container build, with podman)
-#   docker run --rm -p 8080:8080 -p 8081:8081 roomcast:0.1.0 gateway --router tcp://HOST:5570 ...
+#   docker run --rm -p 8080:8080 -p 9080:9080 roomcast:0.1.0 gateway --router tcp://HOST:5570 ...
 #   docker run --rm roomcast:0.1.0 router      (or: worker MODULE:APP --router tcp://...)
 #
 # Stage 1 (builder) turns the source tree into wheels: `pip wheel .` builds roomcast itself
@@ -62,7 +62,7 @@ WORKDIR /app
 USER 10001:10001
 # router: commands (ZeroMQ ROUTER), fanout (ZeroMQ PUB), http (health + metrics)
 # gateway: public (/ws, /socket.io/, health), internal (metrics, health, HTTP API)
-EXPOSE 5570 5571 5572 8080 8081
+EXPOSE 5570 5571 5572 8080 9080
 # Exec form: roomcast is PID 1 and `roomcast router|gateway` exec into `python -m ...`, so
 # SIGTERM reaches the process that drains.
 ENTRYPOINT ["roomcast"]

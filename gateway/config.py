@@ -32,7 +32,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     internal_host: str = "127.0.0.1"
-    internal_port: int = 8081
+    internal_port: int = 9080  # the command line defaults it to port + 1000
     env: str = "production"  # "development": room ops open to clients, demo page, no guard
     # Sails hooks served by action workers (CONNECT / and DISCONNECT / virtual requests)
     connect_hook: bool = False

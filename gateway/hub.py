@@ -312,7 +312,7 @@ class Gateway:
         else:
             targets = self.local.targets(msg.rooms, msg.omit)
         history = _history_json(msg.offsets) if msg.offsets else b""
-        sent, writes, nbytes = fan_out(
+        sent, writes, nbytes, oversize = fan_out(
             self.outlets,
             targets,
             lambda conn: conn.event_frame(msg.event, msg.data, history),
@@ -324,6 +324,15 @@ class Gateway:
             self.metrics.bytes_out.inc(nbytes)
         if sent:
             self.metrics.messages_out.inc(sent)
+        if oversize:
+            self.metrics.dropped.labels("oversize").inc(oversize)
+            log.warning(
+                "a message of about %d bytes exceeds --max-send-queue-bytes (%d): not delivered "
+                "to %d sockets (keep the router's --max-publish-bytes below it)",
+                len(msg.data) + len(msg.event),
+                self.config.max_send_queue_bytes,
+                oversize,
+            )
         if msg.confirm:
             try:
                 self.upstream.send(wire.Delivered(confirm=msg.confirm, sockets=sent))

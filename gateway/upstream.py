@@ -195,7 +195,7 @@ class Upstream:
             self._pending.pop(ref, None)
         # An error code marks a roomcast error; an action's own 4xx/5xx response has none.
         if reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         return reply
 
     # --- the stream from the router --------------------------------------------------------

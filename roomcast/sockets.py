@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 from roomcast.core import rooms as _rooms
 from roomcast.core import wire
 from roomcast.core.errors import BadRequest
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES, check_publish_size
 from roomcast.requests import SocketLike, SocketsLike, get_id, socket_ids
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def _event(event: object) -> str:
 
 
 class Sockets:
-    """``sails.sockets`` for the whole cluster (DESIGN.md §5), as ``cluster.sockets``.
+    """``sails.sockets`` for the whole cluster (architecture §5), as ``cluster.sockets``.
 
     Arguments are checked before anything is sent: a bad room name raises
     :class:`~roomcast.core.errors.InvalidRoom` and a bad socket argument
@@ -72,8 +73,10 @@ class Sockets:
     the router applied the change, so a broadcast accepted after that reaches the socket.
     """
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, *, max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES) -> None:
         self._link = link
+        # Publishes over it raise PayloadTooLarge before anything is sent (0: the router decides).
+        self.max_publish_bytes = max_publish_bytes
 
     async def join(self, sockets: SocketsLike, rooms: Rooms) -> None:
         """Every socket in ``sockets`` joins every room in ``rooms`` (an empty list: no-op)."""
@@ -246,12 +249,15 @@ class Sockets:
         """What broadcast (``rooms``) and blast (``None``) share; one signature whatever the
         receipt flags, so SyncSockets can forward to it without the overloads."""
         event, data = sails_event_data(event, data)
+        event = _event(event)
+        payload = encode_json(data)
+        check_publish_size(event, payload, self.max_publish_bytes)
         msg = wire.Publish(
             ref=self._link.next_ref(),
             rooms=() if rooms is None else tuple(_room_list(rooms)),
             everyone=rooms is None,
-            event=_event(event),
-            data=encode_json(data),
+            event=event,
+            data=payload,
             omit=_omit(omit),
             **_receipt_fields(receipt, confirm, confirm_timeout),
         )

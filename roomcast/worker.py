@@ -58,7 +58,7 @@ from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.requests import Request, Response
 from roomcast.zmqio import Batch, BatchReader, new_context
 
-__all__ = ["Worker", "WorkerConfig", "load_app", "main", "normalize_result"]
+__all__ = ["Worker", "WorkerConfig", "build_parser", "load_app", "main", "normalize_result"]
 
 log = logging.getLogger("roomcast.worker")
 
@@ -290,6 +290,13 @@ class Worker:
         except RoomcastError as err:
             return _error(msg.ref, err)
         except TimeoutError:
+            # The client sees only 504: say here which action was too slow.
+            log.warning(
+                "action %s %s timed out after %g s: answered 504",
+                msg.method,
+                msg.url.split("?")[0][:200],
+                self.config.handler_timeout_s,
+            )
             return _error(msg.ref, Timeout("the action did not answer in time"))
         except Exception:
             log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
@@ -402,11 +409,16 @@ def load_web_app(spec: str, *, wsgi: bool, routes: tuple[str, ...]) -> App:
         raise SystemExit(f"roomcast worker: --route: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
+def build_parser() -> EnvArgumentParser:
+    """The worker's flags (each also read from its ROOMCAST_* variable)."""
     d = WorkerConfig()
     p = EnvArgumentParser(prog="roomcast worker", description="Serve an App's actions.")
-    p.add_argument("app", metavar="MODULE:APP", nargs="?", help="the roomcast.App to serve")
+    p.add_argument(
+        "app",
+        metavar="MODULE:APP",
+        nargs="?",
+        help="the roomcast.App to serve, imported from the current directory first",
+    )
     p.add_argument(
         "--asgi",
         default="",
@@ -441,17 +453,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--curve-server-key", default="", help="CURVE: the router's public .key certificate"
     )
-    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
-    p.add_argument("--handler-timeout", type=float, default=d.handler_timeout_s, help="504 after")
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=d.heartbeat_interval_s,
+        help="seconds between this worker's hellos to the router",
+    )
+    p.add_argument(
+        "--handler-timeout",
+        type=float,
+        default=d.handler_timeout_s,
+        help="seconds a handler may take; then the client gets 504 and this log a warning",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=d.max_concurrency,
+        help="requests (count) this worker handles at once; more wait their turn",
+    )
     p.add_argument(
         "--sync-threads",
         type=int,
         default=d.sync_threads,
-        help="threads for sync handlers; when all are taken: 503 at once, and the router "
-        "sends requests to other workers",
+        help="threads (count) for sync handlers; when all are taken: 503 at once, and the "
+        "router sends requests to other workers",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="least severe log level written to stderr (DEBUG, INFO, WARNING, ERROR)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
+    p = build_parser()
     a = p.parse_args(argv)
     if bool(a.curve_key) != bool(a.curve_server_key):
         p.error("--curve-key and --curve-server-key go together")

@@ -12,6 +12,7 @@ tells it what to send, and when a gateway is known or forgotten.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 import zmq
@@ -48,7 +49,9 @@ def gateway_of(identity: bytes) -> str | None:
 
 
 def error_reply(ref: int, err: RoomcastError) -> wire.Reply:
-    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message)
+    # The body carries the error's fields (NoSuchSocket.socket, PayloadTooLarge.size, ...).
+    body = json.dumps(err.as_body(), separators=(",", ":")).encode() if err.fields else b""
+    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message, body=body)
 
 
 class Links:

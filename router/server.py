@@ -99,7 +99,13 @@ class Router:
         self.commands_endpoint = bind(self._commands, config.commands)
         self.fanout_endpoint = bind(self._fanout, config.fanout)
         self.links = Links(self._commands, self._fanout, metrics, epoch=lambda: self.epoch)
-        self.publisher = Publisher(self.topology, self.links, metrics, history=lambda: self.history)
+        self.publisher = Publisher(
+            self.topology,
+            self.links,
+            metrics,
+            history=lambda: self.history,
+            max_publish_bytes=config.max_publish_bytes,
+        )
         self.requests = Requests(
             self.workers, self.links, metrics, timeout_s=config.request_timeout_s
         )

@@ -1,4 +1,4 @@
-"""WebSocket close codes used by gateways (contract: DESIGN.md §4).
+"""WebSocket close codes used by gateways (contract: architecture §4).
 
 The 4000 range is ours. ``reconnect_policy`` tells a client what to do: 1001/4001/4002 mean
 "reconnect (elsewhere) now", 4003 and 1011 "back off", 1008/1009 "fix the client, do not retry as

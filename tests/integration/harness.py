@@ -4,7 +4,7 @@ Owns: starting ``python -m router`` / ``python -m gateway`` (and helper scripts)
 processes, waiting for their ``READY {json}`` line, stopping them with SIGTERM (exit 0 or the test
 fails), failing on unexpected ERROR/Traceback lines in their stderr logs, a synchronous
 plain-``/ws`` client (:class:`WsClient`) that matches replies to refs and buffers pushes, and a
-Prometheus text parser. It relies only on the public contract (DESIGN.md §3-§6), never on
+Prometheus text parser. It relies only on the public contract (architecture §3-§6), never on
 component internals.
 
 Every wait has a deadline in units of ``tests.conftest.TIMEOUT_UNIT`` (scaled by
@@ -65,7 +65,8 @@ __all__ = [
 REPO = pathlib.Path(__file__).resolve().parents[2]
 T = TIMEOUT_UNIT
 
-# Drain bound passed to every component in tests (seconds); stop() allows drain + 5 s (DESIGN §3).
+# Drain bound passed to every component in tests (seconds); stop() allows drain + 5 s
+# (architecture §3).
 DRAIN_TIMEOUT = 2.0
 
 _R = TypeVar("_R")
@@ -156,9 +157,13 @@ class Proc:
         argv: Sequence[str],
         *,
         stdin: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        program: str | None = None,
     ) -> None:
+        """``program`` (default: this Python) runs with ``argv`` from ``cwd`` (default: the
+        repository)."""
         self.name = name
-        self.argv = [sys.executable, *argv]
+        self.argv = [program or sys.executable, *argv]
         fd, path = tempfile.mkstemp(prefix=f"roomcast-{name}-", suffix=".log")
         os.close(fd)
         self.log_path = pathlib.Path(path)
@@ -170,7 +175,7 @@ class Proc:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            cwd=REPO,
+            cwd=REPO if cwd is None else cwd,
             env=child_env,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -422,7 +427,7 @@ _LEGACY: dict[str, Any] = (
 
 
 class WsClient:
-    """A plain ``/ws`` client (DESIGN §4) driven synchronously from the test.
+    """A plain ``/ws`` client (architecture §4) driven synchronously from the test.
 
     ``request()`` sends a frame with a fresh ``ref`` and reads until the matching reply, buffering
     pushes (``events``), other replies (``replies``) and ``op: error`` frames (``errors``).

@@ -1,4 +1,4 @@
-"""Actions (DESIGN §4 ``request`` op, §6 actions contract) through real processes.
+"""Actions (architecture §4 ``request`` op, §6 actions contract) through real processes.
 
 A router, gateways and ``roomcast worker`` processes serving ``tests.integration.apps:app`` (and
 ``apps_extra:extra``); plain ``/ws`` clients send ``{"op":"request",...}`` frames and get JWR-like
@@ -302,6 +302,9 @@ def test_handler_past_handler_timeout_is_504_from_the_worker(env: Env, url: str)
     name = "roomcast_router_requests_answered_total"
     assert after.get(name, status="5xx") - before.get(name, status="5xx") == 1
     assert after.get(name, status="timeout") == before.get(name, status="timeout")
+    # The client sees only 504: the worker's log says which action was too slow.
+    line = f"action POST {url} timed out after {HANDLER_TIMEOUT:g} s"
+    deadline_poll(lambda: any(line in w.log_text() for w in env.workers), 5 * T, message=repr(line))
     assert call(client, "GET", "/echo")["statusCode"] == 200
 
 

@@ -1,4 +1,4 @@
-"""Metrics stay bounded and well named on live processes (issue 4, DESIGN §8, STYLE 9).
+"""Metrics stay bounded and well named on live processes (issue 4, architecture §8).
 
 * Naming: every family a live router or gateway exposes is ``roomcast_router_*`` /
   ``roomcast_gateway_*``, snake_case, in base units (seconds, bytes), counters end in ``_total``,
