@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
@@ -24,16 +25,18 @@ from gateway.config import GatewayConfig
 from gateway.hub import Gateway
 from gateway.listener import Listener, connection_caps
 from gateway.metrics import GatewayMetrics
+from gateway.requester import parse_allowlist
 from roomcast import curve
-from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
+from roomcast.flags import EnvArgumentParser, bind_failed, configure_logging, print_ready
 from roomcast.zmqio import new_context
 
-__all__ = ["main", "parse_args"]
+__all__ = ["build_parser", "main", "parse_args"]
 
 log = logging.getLogger("roomcast.gateway")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
+def build_parser() -> EnvArgumentParser:
+    """The gateway's flags (each also read from its ROOMCAST_* variable)."""
     d = GatewayConfig()
     p = EnvArgumentParser(prog="roomcast gateway", description="Run a roomcast gateway.")
     p.add_argument(
@@ -55,11 +58,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--curve-server-key", default="", help="CURVE: the router's public .key certificate"
     )
     p.add_argument("--gateway-id", default="", help="stable id (default: random per process)")
-    p.add_argument("--host", default=d.host, help="public bind host")
-    p.add_argument("--port", type=int, default=d.port, help="public port (0: free)")
-    p.add_argument("--internal-host", default=d.internal_host, help="internal bind host")
-    p.add_argument("--internal-port", type=int, default=d.internal_port, help="metrics/API port")
-    p.add_argument("--env", choices=("production", "development"), default=d.env)
+    p.add_argument("--host", default=d.host, help="address the public (client) port binds")
+    p.add_argument(
+        "--port", type=int, default=d.port, help="public port for clients (port number; 0: free)"
+    )
+    p.add_argument(
+        "--internal-host", default=d.internal_host, help="address the internal port binds"
+    )
+    p.add_argument(
+        "--internal-port",
+        type=int,
+        default=None,
+        help="port of the HTTP server API and /metrics (port number; 0: free). Default: "
+        "--port + 1000 (9080 for 8080, so a second gateway on 8081 collides with nothing), "
+        "or 0 when --port is 0",
+    )
+    p.add_argument(
+        "--env",
+        choices=("production", "development"),
+        default=d.env,
+        help="development opens client room ops and the server API without a key and serves "
+        "the demo page; production refuses to start without an origin allowlist or tokens",
+    )
     p.add_argument(
         "--connect-hook",
         action="store_true",
@@ -75,7 +95,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         default="",
         help="file with server API keys, one per line (also: ROOMCAST_API_KEYS, comma-separated)",
     )
-    p.add_argument("--api-max-body-bytes", type=int, default=d.api_max_body_bytes)
+    p.add_argument(
+        "--api-max-body-bytes",
+        type=int,
+        default=d.api_max_body_bytes,
+        help="bytes an HTTP server API request body may have; then 413",
+    )
     # Who may connect, and do what
     p.add_argument(
         "--token-secret-file",
@@ -90,7 +115,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
     )
     p.add_argument("--token-audience", default="", help="required aud claim (empty: not checked)")
     p.add_argument("--token-issuer", default="", help="required iss claim (empty: not checked)")
-    p.add_argument("--token-leeway", type=float, default=d.token_leeway_s, help="clock skew (s)")
+    p.add_argument(
+        "--token-leeway",
+        type=float,
+        default=d.token_leeway_s,
+        help="seconds of clock skew tolerated on a token's exp and nbf",
+    )
     p.add_argument(
         "--allow-anonymous",
         choices=("auto", "yes", "no"),
@@ -116,13 +146,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         default=[],
         help="room pattern clients may broadcast to (repeatable)",
     )
+    p.add_argument(
+        "--handshake-headers",
+        default=",".join(d.handshake_headers),
+        help="handshake headers that action handlers see in req.headers, comma-separated "
+        "(add the x- headers your proxies set; authorization is never passed on)",
+    )
     # Abuse limits
     p.add_argument(
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="then 503; connections still sending their request count too, and the cap is "
-        "lowered to what the open-files limit allows",
+        help="open client connections (count), and connections still sending their request; "
+        "more get 503 before the upgrade; lowered to what the open-files limit allows",
     )
     p.add_argument(
         "--header-timeout",
@@ -140,49 +176,111 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         "--max-frames-per-second",
         type=float,
         default=d.max_frames_per_s,
-        help="inbound per connection; then 429",
+        help="frames per second one connection may send; then 429",
     )
-    p.add_argument("--frame-burst", type=int, default=d.frame_burst, help="frames")
+    p.add_argument(
+        "--frame-burst",
+        type=int,
+        default=d.frame_burst,
+        help="frames a connection may send at once above --max-frames-per-second",
+    )
     p.add_argument(
         "--abuse-strikes",
         type=int,
         default=d.abuse_strikes,
-        help="refused frames (pings included) before close 4003; reset only once the client "
-        "slowed down enough to refill half its --frame-burst",
+        help="refused frames (count; pings included) before close 4003; reset only once the "
+        "client slowed down enough to refill half its --frame-burst",
     )
-    p.add_argument("--max-send-queue-bytes", type=int, default=d.max_send_queue_bytes)
-    p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
-    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
-    p.add_argument("--router-timeout", type=float, default=d.router_timeout_s, help="seconds")
+    p.add_argument(
+        "--max-send-queue-bytes",
+        type=int,
+        default=d.max_send_queue_bytes,
+        help="bytes queued for one connection; past it the client is closed with 4001 (slow "
+        "consumer), and a single message larger than it is never delivered (dropped and "
+        "counted; keep the router's --max-publish-bytes below it)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=d.max_frame_bytes,
+        help="bytes one inbound client frame may have; then close 1009",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=d.heartbeat_interval_s,
+        help="seconds between this gateway's heartbeats to the router",
+    )
+    p.add_argument(
+        "--router-timeout",
+        type=float,
+        default=d.router_timeout_s,
+        help="seconds without a router beat before the router counts as unavailable (not ready)",
+    )
     p.add_argument(
         "--router-unavailable-close",
         type=float,
         default=d.router_unavailable_close_s,
         help="close clients with 4002 after the router is gone this long (seconds)",
     )
-    p.add_argument("--command-timeout", type=float, default=d.command_timeout_s, help="seconds")
+    p.add_argument(
+        "--command-timeout",
+        type=float,
+        default=d.command_timeout_s,
+        help="seconds a client op waits for the router's answer; then 504",
+    )
     p.add_argument(
         "--request-timeout",
         type=float,
         default=d.request_timeout_s,
-        help="virtual requests (s); keep it above the router's --request-timeout",
+        help="seconds a virtual request waits; keep it above the router's --request-timeout",
     )
     p.add_argument(
-        "--sio-ping-interval", type=float, default=d.sio_ping_interval_s, help="Engine.IO (s)"
+        "--sio-ping-interval",
+        type=float,
+        default=d.sio_ping_interval_s,
+        help="seconds between Engine.IO pings",
     )
     p.add_argument(
-        "--sio-ping-timeout", type=float, default=d.sio_ping_timeout_s, help="Engine.IO (s)"
+        "--sio-ping-timeout",
+        type=float,
+        default=d.sio_ping_timeout_s,
+        help="seconds an Engine.IO client may stay silent after a ping",
     )
     p.add_argument(
         "--sio-connect-timeout",
         type=float,
         default=d.sio_connect_timeout_s,
-        help="Socket.IO v4 clients must CONNECT (and so present their token) within (s), then 1008",
+        help="seconds a Socket.IO v4 client has to CONNECT (and so present its token); then 1008",
     )
-    p.add_argument("--ping-interval", type=float, default=d.ping_interval_s, help="seconds")
-    p.add_argument("--ping-timeout", type=float, default=d.ping_timeout_s, help="seconds")
-    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="seconds")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval_s,
+        help="seconds between WebSocket pings on every connection",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=d.ping_timeout_s,
+        help="seconds without a pong (or any frame) after a ping before the connection closes",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout_s,
+        help="seconds SIGTERM waits for clients to leave (after close 1001) before exiting",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="least severe log level written to stderr (DEBUG, INFO, WARNING, ERROR)",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
+    p = build_parser()
     a = p.parse_args(argv)
     routers = [r for r in a.router.split(",") if r.strip()]
     fanouts = [f for f in a.fanout.split(",") if f.strip()]
@@ -194,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         curve.client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast gateway: {exc}") from None
+    try:
+        handshake_headers = parse_allowlist(a.handshake_headers)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast gateway: --handshake-headers: {exc}") from None
     config = GatewayConfig(
         router=a.router,
         fanout=a.fanout,
@@ -203,7 +305,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         host=a.host,
         port=a.port,
         internal_host=a.internal_host,
-        internal_port=a.internal_port,
+        internal_port=_internal_port(a.port, a.internal_port),
         env=a.env,
         api_keys=load_api_keys(a.api_key_file, os.environ.get("ROOMCAST_API_KEYS", "")),
         api_max_body_bytes=a.api_max_body_bytes,
@@ -218,6 +320,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         allowed_origins=tuple(o.rstrip("/") for o in a.allowed_origin),
         client_join=tuple(a.client_join),
         client_publish=tuple(a.client_publish),
+        handshake_headers=handshake_headers,
         max_connections=a.max_connections,
         header_timeout_s=a.header_timeout,
         body_timeout_s=a.body_timeout,
@@ -241,6 +344,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         drain_timeout_s=a.drain_timeout,
     )
     return config, a.log_level
+
+
+def _internal_port(port: int, internal_port: int | None) -> int:
+    """--internal-port, or by default --port + 1000 (0 with --port 0): never a neighbour's
+    public port when gateways run side by side on 8080, 8081, ..."""
+    if internal_port is not None:
+        return internal_port
+    return port + 1000 if port else 0
 
 
 def _read(path: str, flag: str) -> str:
@@ -288,17 +399,25 @@ def load_api_keys(path: str, env_value: str) -> tuple[str, ...]:
     return tuple(k for k in keys if k)
 
 
+def bind_port(host: str, port: int, flag: str, prog: str = "roomcast gateway") -> list[Any]:
+    """Listening sockets for ``host:port``; a port that cannot be had ends the process with one
+    line naming the address and the flag, and exit status 2 (nothing else has started yet)."""
+    try:
+        return tornado.netutil.bind_sockets(port, host, backlog=4096)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        bind_failed(prog, f"{host}:{port}", flag, reason)
+
+
 def _listen(
     app: tornado.web.Application,
-    host: str,
-    port: int,
+    sockets: list[Any],
     config: GatewayConfig,
     metrics: GatewayMetrics,
     *,
     admit: Callable[[int], bool] = lambda pending: True,
     max_body_size: int | None = None,
 ) -> tuple[Listener, int]:
-    sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
     server = Listener(
         app,
         max_body_size=max_body_size,
@@ -321,7 +440,9 @@ def _descriptors_in_use() -> int:
         return 0
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(config: GatewayConfig, public_socks: list[Any], internal_socks: list[Any]) -> None:
+    """Serve on sockets already bound: the router hears of this gateway only once every port
+    it needs is its own."""
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
     ctx = new_context()
@@ -342,8 +463,7 @@ async def serve(config: GatewayConfig) -> None:
     gateway.connection_cap = cap
     public, port = _listen(
         make_public_app(gateway),
-        config.host,
-        config.port,
+        public_socks,
         config,
         metrics,
         admit=lambda pending: pending + len(gateway.conns) < hard,
@@ -362,8 +482,7 @@ async def serve(config: GatewayConfig) -> None:
     )
     internal, internal_port = _listen(
         make_internal_app(gateway, registry, api),
-        config.internal_host,
-        config.internal_port,
+        internal_socks,
         config,
         metrics,
         # Above our own limit, so oversize bodies get our 413 rather than a dropped connection.
@@ -419,7 +538,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     configure_logging(level)
     log.info("open-files limit %d", raise_fd_limit())
-    asyncio.run(serve(config))
+    public_socks = bind_port(config.host, config.port, "--port")
+    internal_socks = bind_port(config.internal_host, config.internal_port, "--internal-port")
+    asyncio.run(serve(config, public_socks, internal_socks))
 
 
 if __name__ == "__main__":

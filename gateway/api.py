@@ -19,7 +19,7 @@ from typing import Any
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
-from gateway.api_spec import OPERATIONS, openapi_document
+from gateway.api_spec import OPERATIONS, field_problem, openapi_document
 from gateway.metrics import GatewayMetrics
 from roomcast.cluster import Cluster, Receipt
 from roomcast.core.errors import (
@@ -112,14 +112,23 @@ def _published(result: int | Receipt) -> dict[str, Any]:
     return out
 
 
+def _event(b: dict[str, Any]) -> str:
+    """The body's named event: a string, never data (the SDK's Sails-style shapes, where a
+    non-string second argument is the data, have no place in a JSON body with named fields)."""
+    event = b.get("event", "message")
+    if not isinstance(event, str):
+        raise BadRequest("event must be a string")
+    return event
+
+
 async def _broadcast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    event, more = b.get("event", "message"), _receipt_args(b)
+    event, more = _event(b), _receipt_args(b)
     result = await c.sockets.broadcast(b["rooms"], event, b.get("data"), omit=b.get("omit"), **more)
     return _published(result)
 
 
 async def _blast(c: Cluster, b: dict[str, Any]) -> dict[str, Any]:
-    event, more = b.get("event", "message"), _receipt_args(b)
+    event, more = _event(b), _receipt_args(b)
     result = await c.sockets.blast(event, b.get("data"), omit=b.get("omit"), **more)
     return _published(result)
 
@@ -265,7 +274,10 @@ class Api:
         curve_key: str = "",
         curve_server_key: str = "",
     ) -> None:
-        self.cluster = Cluster(router, curve_key=curve_key, curve_server_key=curve_server_key)
+        # No local publish bound: the router's --max-publish-bytes answers 413 for every path.
+        self.cluster = Cluster(
+            router, curve_key=curve_key, curve_server_key=curve_server_key, max_publish_bytes=0
+        )
         self._keys = tuple(k.encode() for k in keys if k)
         self.development = development
         self.max_body_bytes = max_body_bytes
@@ -289,14 +301,9 @@ class Api:
             raise Unauthorized("wrong api key")
 
     async def run(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        op = OPERATIONS[name]
-        props = op.body.get("properties", {})
-        unknown = sorted(set(body) - set(props))
-        if unknown:
-            raise BadRequest("unknown fields: " + ", ".join(u[:40] for u in unknown[:5]))
-        missing = [f for f in op.body.get("required", []) if f not in body]
-        if missing:
-            raise BadRequest("missing fields: " + ", ".join(missing))
+        problem = field_problem(name, list(body))
+        if problem:
+            raise BadRequest(problem)
         return await _RUN[name](self.cluster, body)
 
     async def close(self) -> None:

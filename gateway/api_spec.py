@@ -9,9 +9,10 @@ document cannot drift from the implementation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
-__all__ = ["OPERATIONS", "Operation", "openapi_document"]
+__all__ = ["OPERATIONS", "Operation", "field_problem", "openapi_document"]
 
 _ROOM: dict[str, Any] = {
     "type": "string",
@@ -323,3 +324,33 @@ def openapi_document(version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def field_problem(name: str, fields: list[str]) -> str | None:
+    """What is wrong with the top-level ``fields`` of a body for operation ``name``, said so
+    that the caller can fix it: the unknown fields, each with the field it most likely meant
+    (the one missing required field when exactly one is unknown and one missing, else the
+    closest name), the missing required fields, then every field the operation takes.
+    None when the fields are right."""
+    op = OPERATIONS[name]
+    props = list(op.body.get("properties", {}))
+    needed = list(op.body.get("required", []))
+    missing = [f for f in needed if f not in fields]
+    unknown = sorted(f for f in fields if f not in props)
+    if not unknown and not missing:
+        return None
+    parts = []
+    if unknown:
+        named = []
+        for field in unknown[:5]:
+            if len(unknown) == 1 and len(missing) == 1:
+                guess: str | None = missing[0]
+            else:
+                close = difflib.get_close_matches(field, props, n=1, cutoff=0.6)
+                guess = close[0] if close else None
+            named.append(field[:40] + (f" (did you mean {guess}?)" if guess else ""))
+        parts.append("unknown fields: " + ", ".join(named))
+    if missing:
+        parts.append("missing fields: " + ", ".join(missing))
+    takes = ", ".join(f + (" (required)" if f in needed else "") for f in props)
+    return "; ".join(parts) + f"; {name} takes {takes or 'no fields'}"

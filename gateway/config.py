@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from gateway.requester import DEFAULT_HANDSHAKE_HEADERS
+
 __all__ = ["GatewayConfig"]
 
 
@@ -30,7 +32,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     internal_host: str = "127.0.0.1"
-    internal_port: int = 8081
+    internal_port: int = 9080  # the command line defaults it to port + 1000
     env: str = "production"  # "development": room ops open to clients, demo page, no guard
     # Sails hooks served by action workers (CONNECT / and DISCONNECT / virtual requests)
     connect_hook: bool = False
@@ -48,6 +50,8 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] = ()  # exact; empty: any (browsers always send Origin)
     client_join: tuple[str, ...] = ()  # room patterns clients may join/leave (dev: "*")
     client_publish: tuple[str, ...] = ()  # room patterns clients may broadcast to (dev: "*")
+    # Handshake headers action handlers see (gateway/requester.py), lower case; never authorization
+    handshake_headers: tuple[str, ...] = DEFAULT_HANDSHAKE_HEADERS
     # Abuse limits
     max_connections: int = 100_000  # then 503 (connections before their upgrade count too)
     header_timeout_s: float = 10.0  # request headers must arrive within, on both ports

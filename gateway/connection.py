@@ -27,7 +27,7 @@ from gateway.policy import ANONYMOUS, Identity
 from gateway.ratelimit import RateLimit
 from gateway.sendqueue import FIRST, REFUSED, SendQueue
 from gateway.tokens import TokenError
-from roomcast.core.closecodes import CloseCode
+from roomcast.core.closecodes import CloseCode, is_final
 from roomcast.core.errors import RoomcastError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.registered = True
 
     def goodbye(self) -> None:
-        """Protocol-level notice sent just before a server-initiated close."""
+        """Protocol-level notice sent just before a close meant to be final (``is_final``)."""
 
     def report_error(self, ref: object, err: RoomcastError) -> None:
         raise NotImplementedError
@@ -209,7 +209,8 @@ class Connection(tornado.websocket.WebSocketHandler):
         """Server-initiated close with a documented code (the close frame follows queued data)."""
         if self.close_cause is not None:
             return
-        self.goodbye()
+        if is_final(code):
+            self.goodbye()
         self.close_cause = reason
         # Counted now, not when Tornado finally closes: a client that stops reading takes
         # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
@@ -313,20 +314,23 @@ def fan_out(
     dirty: list[Outlet],
     *,
     direct: bool,
-) -> tuple[int, int, int]:
-    """Give one delivery to every welcomed target; returns (recipients, writes, bytes written).
+) -> tuple[int, int, int, int]:
+    """Give one delivery to every welcomed target; returns (recipients, writes, bytes written,
+    recipients skipped because the frame alone exceeds their send-queue bound).
 
     Runs once per recipient of every message, so it is one loop over slotted outlets with one
     Python call per recipient. The frame is built once per client protocol (``frame_of``) and
     the same bytes go to everyone. With ``direct`` (the router's batch held only this message:
     nothing to coalesce it with) an idle connection gets it written at once; otherwise it is
     queued, and outlets with a first frame queued are appended to ``dirty`` for one write each
-    at the end of the batch.
+    at the end of the batch. A frame larger than a connection's whole send-queue bound is never
+    given to it (not even by a direct write, which would bypass the bound): it is skipped and
+    counted, and the connection stays (the router's --max-publish-bytes keeps such messages out).
     """
     frames: dict[type, bytes] = {}
     kind: type | None = None
     frame = b""
-    size = sent = writes = nbytes = 0
+    size = sent = writes = nbytes = oversize = 0
     for sid in targets:
         out = outlets.get(sid)
         if out is None or not out.live:
@@ -338,6 +342,9 @@ def fan_out(
                 cached = frames[kind] = frame_of(out.conn)
             frame = cached
             size = len(frame)
+        if size > out.limit:
+            oversize += 1
+            continue
         if direct and not out.pending and not out.inflight:
             out.send_now(frame)
             writes += 1
@@ -350,7 +357,7 @@ def fan_out(
                 out.conn.overflow()
                 continue
         sent += 1
-    return sent, writes, nbytes
+    return sent, writes, nbytes, oversize
 
 
 def write_queued(outlets: Iterable[Outlet]) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
 from gateway.policy import ANONYMOUS, Identity, RoomPolicy
+from gateway.requester import context_json
 from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
@@ -47,6 +48,8 @@ class Gateway:
         # Presence identity (user, metadata JSON) of local sockets that have one: from their
         # token, or set by a backend; replayed to the router on resync.
         self.identities: dict[str, tuple[str, bytes]] = {}
+        # Requester context (gateway/requester.py) of every local socket, for the router.
+        self.contexts: dict[str, bytes] = {}
         self.conns: dict[str, Connection] = {}
         # --max-connections as the open-files limit allows, and the public connections still
         # in their HTTP exchange (this one included): both set by the process's edge.
@@ -103,6 +106,7 @@ class Gateway:
         self.local.add_socket(conn.sid)
         if conn.identity.user:
             self.identities[conn.sid] = (conn.identity.user, b"")
+        self.contexts[conn.sid] = self._context(conn)
         self.metrics.connections.inc()
         self.metrics.connections_opened.inc()
         # A socket still owing its token (Socket.IO v4 sends it with CONNECT) is not registered
@@ -126,6 +130,7 @@ class Gateway:
         user = conn.identity.user
         if user:
             self.identities[conn.sid] = (user, b"")
+        self.contexts[conn.sid] = self._context(conn)
         if conn.sid in self._registering or conn.sid in self._opening:
             return  # opened as anonymous just now: _register sends the identity after it
         if conn.registered:
@@ -146,9 +151,17 @@ class Gateway:
         if conn.sid in self.conns and not (conn.registered or conn.hooking):
             conn.on_registered()
 
+    def _context(self, conn: Connection) -> bytes:
+        return context_json(
+            conn.identity.claims, conn.request.headers.get_all(), self.config.handshake_headers
+        )
+
     async def _set_presence(self, sid: str, user: str) -> None:
+        context = self.contexts.get(sid, b"")
         try:
-            await self.upstream.call(lambda ref: wire.SetPresence(ref=ref, socket=sid, user=user))
+            await self.upstream.call(
+                lambda ref: wire.SetPresence(ref=ref, socket=sid, user=user, context=context)
+            )
         except RoomcastError as err:
             log.debug("presence identity not recorded: %s", err.code)
 
@@ -163,6 +176,7 @@ class Gateway:
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
         self.local.remove_socket(conn.sid)
         self.identities.pop(conn.sid, None)
+        self.contexts.pop(conn.sid, None)
         self.metrics.connections.dec()
         if self.upstream.ready:
             try:
@@ -189,19 +203,23 @@ class Gateway:
             return
         ids = tuple(c.sid for c in pending)
         users = tuple(self.identities.get(c.sid, ("", b""))[0] for c in pending)
+        contexts = tuple(self.contexts.get(c.sid, b"") for c in pending)
         started = time.perf_counter()
         self._registering.update(ids)
         try:
-            await self.upstream.call(lambda ref: wire.SocketOpen(ref=ref, sockets=ids, users=users))
+            await self.upstream.call(
+                lambda ref: wire.SocketOpen(ref=ref, sockets=ids, users=users, contexts=contexts)
+            )
         except RoomcastError:
             self._registering.difference_update(ids)
             return  # link reset: registered again when it is back (on_link)
         self.metrics.command_duration.labels("open").observe(time.perf_counter() - started)
-        for conn, sent in zip(pending, users, strict=True):
+        for conn, sent, sent_context in zip(pending, users, contexts, strict=True):
             # Identified while the open was on its way (Socket.IO CONNECT auth): the router
             # gets the identity before the client is welcomed.
             user = self.identities.get(conn.sid, ("", b""))[0]
-            if user != sent and conn.sid in self.conns:
+            changed = user != sent or self.contexts.get(conn.sid, b"") != sent_context
+            if changed and conn.sid in self.conns:
                 await self._set_presence(conn.sid, user)
             self._registering.discard(conn.sid)
             if conn.sid in self.conns:
@@ -306,7 +324,7 @@ class Gateway:
         else:
             targets = self.local.targets(msg.rooms, msg.omit)
         history = _history_json(msg.offsets) if msg.offsets else b""
-        sent, writes, nbytes = fan_out(
+        sent, writes, nbytes, oversize = fan_out(
             self.outlets,
             targets,
             lambda conn: conn.event_frame(msg.event, msg.data, history),
@@ -318,6 +336,15 @@ class Gateway:
             self.metrics.bytes_out.inc(nbytes)
         if sent:
             self.metrics.messages_out.inc(sent)
+        if oversize:
+            self.metrics.dropped.labels("oversize").inc(oversize)
+            log.warning(
+                "a message of about %d bytes exceeds --max-send-queue-bytes (%d): not delivered "
+                "to %d sockets (keep the router's --max-publish-bytes below it)",
+                len(msg.data) + len(msg.event),
+                self.config.max_send_queue_bytes,
+                oversize,
+            )
         if msg.confirm:
             try:
                 self.upstream.send(wire.Delivered(confirm=msg.confirm, sockets=sent))
@@ -353,7 +380,10 @@ class Gateway:
         for sid in self.local.sockets():
             rooms = tuple(r for r in self.local.rooms_of(sid) if r != sid)
             user, meta = self.identities.get(sid, ("", b""))
-            state.append(wire.SocketRooms(socket=sid, rooms=rooms, user=user, meta=meta))
+            context = self.contexts.get(sid, b"")
+            state.append(
+                wire.SocketRooms(socket=sid, rooms=rooms, user=user, meta=meta, context=context)
+            )
         return state
 
     # --- writing ---------------------------------------------------------------------------

@@ -70,7 +70,10 @@ class GatewayMetrics:
         self.bytes_out = counter("bytes_out_total", "Bytes written to clients.")
         self.writes = counter("writes_total", "Socket writes to clients (each carries 1+ frames).")
         self.dropped = counter(
-            "dropped_total", "Frames dropped before reaching a client, by reason.", ("reason",)
+            "dropped_total",
+            "Frames dropped before reaching a client, by reason (slow_consumer; oversize: one "
+            "message larger than the whole send-queue bound).",
+            ("reason",),
         )
         self.lost = counter(
             "lost_total",

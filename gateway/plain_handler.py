@@ -1,4 +1,4 @@
-"""``/ws``: the plain JSON WebSocket protocol (DESIGN.md §4) on top of :class:`Connection`."""
+"""``/ws``: the plain JSON WebSocket protocol (architecture §4) on top of :class:`Connection`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The plain ``/ws`` JSON protocol (contract: DESIGN.md §4), as a pure codec.
+"""The plain ``/ws`` JSON protocol (contract: architecture §4), as a pure codec.
 
 ``parse`` turns one inbound text frame into an op or raises :class:`FrameError` carrying the
 client's ``ref`` (when usable) and a typed error; the ``encode_*`` functions build outbound

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["ANONYMOUS", "Identity", "RoomPolicy"]
 
@@ -22,6 +23,7 @@ class Identity:
     user: str | None = None  # the token's subject; usable as a presence identity
     join: tuple[str, ...] = ()  # room patterns from the token's "rooms" claim
     publish: tuple[str, ...] = ()  # room patterns from the token's "publish" claim
+    claims: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def anonymous(self) -> bool:

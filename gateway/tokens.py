@@ -109,4 +109,9 @@ def _identity(claims: dict[str, Any]) -> Identity:
         # It becomes the presence user id (pushed to others, kept by the router): the same
         # bound as a backend's set_presence user id.
         raise TokenError(f"token sub is longer than {MAX_SUB_BYTES} bytes")
-    return Identity(user=sub, join=_patterns(claims, "rooms"), publish=_patterns(claims, "publish"))
+    return Identity(
+        user=sub,
+        join=_patterns(claims, "rooms"),
+        publish=_patterns(claims, "publish"),
+        claims=claims,
+    )

@@ -59,6 +59,7 @@ _RESYNC_BATCH_BYTES = 1024 * 1024
 _MAX_BEATS_IN_FLIGHT = 64  # numbered heartbeats awaiting their answer (older ones forgotten)
 SUB_BATCH = 64
 _MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is given
+_GOODBYE_LINGER_MS = 1000
 
 
 class UpstreamHandler(Protocol):
@@ -160,6 +161,7 @@ class Upstream:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self._say_goodbye()
         for _dealer, dealer_reader, _sub, reader in self._links:
             reader.stop()
             dealer_reader.stop()
@@ -167,6 +169,20 @@ class Upstream:
         for dealer, _dealer_reader, sub, _reader in self._links:
             dealer.close()
             sub.close()
+
+    def _say_goodbye(self) -> None:
+        """Tell the router we leave on purpose (after the drain), so it drops our sockets now
+        and does not take us for crashed when our heartbeats stop."""
+        if self.state == "hello":
+            return  # no router holds a session of ours: nobody to tell
+        # The DEALER drops what is queued when it closes (LINGER 0, so that a dead router
+        # never holds up a stop): give this one message a bounded moment to leave.
+        self._dealer.setsockopt(zmq.LINGER, _GOODBYE_LINGER_MS)
+        body = wire.encode(wire.Goodbye(node_id=self.node_id, role=wire.Role.GATEWAY))
+        try:
+            self._dealer.send(body, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            log.debug("goodbye not sent: the router is not reachable")
 
     # --- commands --------------------------------------------------------------------------
 
@@ -201,7 +217,7 @@ class Upstream:
             self._pending.pop(ref, None)
         # An error code marks a roomcast error; an action's own 4xx/5xx response has none.
         if reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         return reply
 
     # --- the stream from the router --------------------------------------------------------
@@ -263,6 +279,14 @@ class Upstream:
             self._restart("sequence gap")
             return
         self._expected_seq = seq + 1
+        if isinstance(msg, wire.Bundle):
+            # What the router sent us while handling one batch of commands, in order.
+            for body in msg.bodies:
+                self._on_stream(wire.decode(body), alone=False)
+        else:
+            self._on_stream(msg, alone=alone)
+
+    def _on_stream(self, msg: wire.Message, *, alone: bool) -> None:
         if isinstance(msg, wire.Deliver):
             self.handler.on_deliver(msg, alone=alone)
         elif isinstance(msg, wire.MemberUpdate):

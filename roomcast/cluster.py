@@ -21,6 +21,7 @@ from types import TracebackType
 
 from roomcast.core import wire
 from roomcast.core.errors import BadRequest, InternalError, error_from_reply
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES
 from roomcast.curve import client_options
 from roomcast.link import Command, Link
 from roomcast.model import Model
@@ -39,7 +40,10 @@ class Cluster:
     ``await cluster.close()``. For a router that requires CURVE, ``curve_key`` is the path of
     our ``.key_secret`` certificate and ``curve_server_key`` that of the router's public
     ``.key``: both are read here (``ValueError`` when unusable); a key the router does not
-    accept looks like an unreachable router (``RouterUnavailable``).
+    accept looks like an unreachable router (``RouterUnavailable``). ``max_publish_bytes``
+    bounds one broadcast's event + JSON data: a larger one raises ``PayloadTooLarge`` (413)
+    before anything is sent; keep it at or below the router's ``--max-publish-bytes``, which
+    refuses the same way (0 here leaves the decision to the router).
     """
 
     def __init__(
@@ -50,14 +54,17 @@ class Cluster:
         connect_timeout: float = 2.0,
         curve_key: str | os.PathLike[str] | None = None,
         curve_server_key: str | os.PathLike[str] | None = None,
+        max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES,
     ) -> None:
+        if isinstance(max_publish_bytes, bool) or not isinstance(max_publish_bytes, int):
+            raise TypeError("max_publish_bytes must be an int (bytes; 0: no local bound)")
         self._link = Link(
             url,
             timeout=timeout,
             connect_timeout=connect_timeout,
             curve=client_options(curve_key or "", curve_server_key or ""),
         )
-        self.sockets = Sockets(self._link)
+        self.sockets = Sockets(self._link, max_publish_bytes=max_publish_bytes)
 
     @property
     def url(self) -> str:
@@ -102,7 +109,7 @@ class Cluster:
         )
         reply = await link.submit(msg)
         if reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         try:
             body = json.loads(reply.body) if reply.body else None
             resp_headers = json.loads(reply.headers) if reply.headers else {}

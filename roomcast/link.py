@@ -13,7 +13,7 @@ its callers' to read. A ``router_passive`` refusal is sent again to the other ro
 any other error reply becomes its typed exception in :meth:`Link.call` (or stays a ``Reply``
 for a caller of :meth:`Link.submit`).
 
-Order (DESIGN.md §5.2): every command is written to the socket synchronously, before the calling
+Order (architecture §5.2): every command is written to the socket synchronously, before the calling
 coroutine first suspends, so calls started in some order (``asyncio.gather``, ``create_task``)
 reach the router in that order; when the router is not reachable yet, commands wait in one FIFO
 backlog rather than racing each other.
@@ -195,7 +195,7 @@ class Link:
         """Send ``msg`` and return its successful reply; an error reply raises its typed error."""
         reply = await self.submit(msg, wait=wait)
         if reply.status >= 400 or reply.error:
-            raise error_from_reply(reply.status, reply.error, reply.message)
+            raise error_from_reply(reply.status, reply.error, reply.message, reply.body)
         return reply
 
     async def close(self) -> None:

@@ -44,7 +44,15 @@ class Request:
     """A virtual request from a connected socket, as an action handler sees it.
 
     ``socket`` is the cluster-wide id of the sending socket; ``params`` holds path parameters
-    (``/user/:id`` -> ``{"id": "7"}``). ``is_socket`` mirrors Sails' ``req.isSocket``.
+    (``/user/:id`` -> ``{"id": "7"}``) over the query string's arguments (``query``).
+    ``is_socket`` mirrors Sails' ``req.isSocket``.
+
+    Who is asking, as the router knows the socket: ``user`` is the connection's identity (its
+    token's ``sub``, or what a connect hook or ``set_presence`` set; None when anonymous),
+    ``claims`` the verified token claims (``{}`` without a token). ``headers`` (names in lower
+    case) are the request's own headers over the socket's handshake headers (the gateway's
+    ``--handshake-headers`` allowlist: cookie, user-agent, accept-language, origin by default),
+    as Sails merges them; ``handshake_headers`` are the latter alone.
     ``cluster`` is the worker's SDK handle (a ``Cluster`` for async handlers, a ``SyncCluster``
     for sync ones), typed ``Any`` so either reads naturally in a handler; it takes no part in
     equality or repr.
@@ -59,6 +67,26 @@ class Request:
     params: dict[str, str] = dataclasses.field(default_factory=dict)
     is_socket: bool = True
     cluster: Any = dataclasses.field(default=None, repr=False, compare=False)
+    user: str | None = None
+    claims: dict[str, Any] = dataclasses.field(default_factory=dict)
+    handshake_headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    query: dict[str, str] = dataclasses.field(default_factory=dict)
+    route_params: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def all_params(self) -> dict[str, Any]:
+        """Sails' ``req.allParams()``: query, then body fields, then path parameters, merged
+        (a later source wins; a body that is not an object adds nothing)."""
+        body = self.data if isinstance(self.data, dict) else {}
+        return {**self.query, **body, **self.route_params}
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """Sails' ``req.param(name, default)``: the path parameter, else the body field, else
+        the query argument, else ``default``."""
+        if name in self.route_params:
+            return self.route_params[name]
+        if isinstance(self.data, dict) and name in self.data:
+            return self.data[name]
+        return self.query.get(name, default)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 from roomcast.core import rooms as _rooms
 from roomcast.core import wire
 from roomcast.core.errors import BadRequest
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES, check_publish_size
 from roomcast.requests import SocketLike, SocketsLike, get_id, socket_ids
 
 if TYPE_CHECKING:
     from roomcast.link import Link
 
-__all__ = ["Receipt", "Rooms", "Sockets", "encode_json"]
+__all__ = ["Receipt", "Rooms", "Sockets", "encode_json", "sails_event_data"]
 
 Rooms: TypeAlias = str | list[str] | tuple[str, ...]
 
@@ -46,6 +47,17 @@ def _room_list(value: object) -> list[str]:
     return _rooms.as_room_list(list(value) if isinstance(value, tuple) else value)
 
 
+def sails_event_data(event: object, data: object) -> tuple[object, object]:
+    """Sails' optional ``eventName``: a second argument that is not a string is the data,
+    sent as event ``"message"`` (with a third argument too, it is a mistake: 400). ``None``
+    is not taken for data: as an event it is refused (400) like any other bad event."""
+    if isinstance(event, str) or event is None:
+        return event, data
+    if data is not None:
+        raise BadRequest("event must be a string (leave it out to send data as 'message')")
+    return "message", event
+
+
 def _event(event: object) -> str:
     if not isinstance(event, str) or not event:
         raise BadRequest("event must be a non-empty string")
@@ -53,7 +65,7 @@ def _event(event: object) -> str:
 
 
 class Sockets:
-    """``sails.sockets`` for the whole cluster (DESIGN.md §5), as ``cluster.sockets``.
+    """``sails.sockets`` for the whole cluster (architecture §5), as ``cluster.sockets``.
 
     Arguments are checked before anything is sent: a bad room name raises
     :class:`~roomcast.core.errors.InvalidRoom` and a bad socket argument
@@ -61,8 +73,10 @@ class Sockets:
     the router applied the change, so a broadcast accepted after that reaches the socket.
     """
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, *, max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES) -> None:
         self._link = link
+        # Publishes over it raise PayloadTooLarge before anything is sent (0: the router decides).
+        self.max_publish_bytes = max_publish_bytes
 
     async def join(self, sockets: SocketsLike, rooms: Rooms) -> None:
         """Every socket in ``sockets`` joins every room in ``rooms`` (an empty list: no-op)."""
@@ -89,7 +103,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -102,7 +116,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -115,7 +129,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -128,7 +142,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -140,7 +154,7 @@ class Sockets:
     async def broadcast(
         self,
         rooms: Rooms,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -149,6 +163,10 @@ class Sockets:
         confirm_timeout: float = 5.0,
     ) -> int | Receipt:
         """Send ``event`` once to every member of any of ``rooms`` except ``omit``.
+
+        As in Sails, the event may be left out: ``broadcast(rooms, data)`` with a second
+        argument that is not a string sends ``data`` as event ``"message"`` (``blast(data)``
+        the same).
 
         Returns how many gateways the router handed the message to; with ``receipt=True`` a
         :class:`Receipt` (exact socket counts). ``confirm=True`` (a receipt, whatever
@@ -160,7 +178,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -172,7 +190,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -184,7 +202,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -196,7 +214,7 @@ class Sockets:
     @overload
     async def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -207,7 +225,7 @@ class Sockets:
 
     async def blast(
         self,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -221,7 +239,7 @@ class Sockets:
     async def publish(
         self,
         rooms: Rooms | None,
-        event: str,
+        event: object,
         data: object,
         omit: SocketsLike | None,
         receipt: bool,
@@ -230,12 +248,16 @@ class Sockets:
     ) -> int | Receipt:
         """What broadcast (``rooms``) and blast (``None``) share; one signature whatever the
         receipt flags, so SyncSockets can forward to it without the overloads."""
+        event, data = sails_event_data(event, data)
+        event = _event(event)
+        payload = encode_json(data)
+        check_publish_size(event, payload, self.max_publish_bytes)
         msg = wire.Publish(
             ref=self._link.next_ref(),
             rooms=() if rooms is None else tuple(_room_list(rooms)),
             everyone=rooms is None,
-            event=_event(event),
-            data=encode_json(data),
+            event=event,
+            data=payload,
             omit=_omit(omit),
             **_receipt_fields(receipt, confirm, confirm_timeout),
         )

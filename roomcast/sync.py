@@ -4,7 +4,7 @@ Owns one private I/O thread per ``SyncCluster``, running its own asyncio loop an
 :class:`~roomcast.cluster.Cluster`; every blocking call hands a coroutine to that loop with
 ``asyncio.run_coroutine_threadsafe`` and waits for it. Submissions are made under a lock and the
 loop starts them in submission order, and a ``Cluster`` writes each command before its coroutine
-first suspends, so calls reach the router in the order they were made (DESIGN.md §5.2), from
+first suspends, so calls reach the router in the order they were made (architecture §5.2), from
 one thread or several. :class:`SyncSockets` is its ``cluster.sockets``; the blocking models of
 ``cluster.model()`` are :mod:`roomcast.sync_model`'s (:class:`SyncModel`, re-exported here).
 
@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from roomcast.cluster import Cluster
 from roomcast.core.errors import StateError, Timeout
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES
 from roomcast.requests import Response, SocketLike, SocketsLike, get_id
 from roomcast.sockets import Receipt, Rooms
 from roomcast.sync_model import SyncModel
@@ -88,6 +89,7 @@ class SyncCluster:
         connect_timeout: float = 2.0,
         curve_key: str | os.PathLike[str] | None = None,
         curve_server_key: str | os.PathLike[str] | None = None,
+        max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES,
     ) -> None:
         # Fail on a bad url, timeout or key file here, in the caller's frame, not on first use.
         Cluster(
@@ -96,7 +98,9 @@ class SyncCluster:
             connect_timeout=connect_timeout,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
+            max_publish_bytes=max_publish_bytes,
         )
+        self._max_publish_bytes = max_publish_bytes
         self._curve_key = curve_key
         self._curve_server_key = curve_server_key
         self.url = url
@@ -175,6 +179,7 @@ class SyncCluster:
             connect_timeout=self._connect_timeout,
             curve_key=self._curve_key,
             curve_server_key=self._curve_server_key,
+            max_publish_bytes=self._max_publish_bytes,
         )
         self._pid = os.getpid()
 
@@ -219,7 +224,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -232,7 +237,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -245,7 +250,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -258,7 +263,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -270,7 +275,7 @@ class SyncSockets:
     def broadcast(
         self,
         rooms: Rooms,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -285,7 +290,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -297,7 +302,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -309,7 +314,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -321,7 +326,7 @@ class SyncSockets:
     @overload
     def blast(
         self,
-        event: str = ...,
+        event: object = ...,
         data: object = ...,
         *,
         omit: SocketsLike | None = ...,
@@ -332,7 +337,7 @@ class SyncSockets:
 
     def blast(
         self,
-        event: str = "message",
+        event: object = "message",
         data: object = None,
         *,
         omit: SocketsLike | None = None,
@@ -347,7 +352,7 @@ class SyncSockets:
     def _publish(
         self,
         rooms: Rooms | None,
-        event: str,
+        event: object,
         data: object,
         omit: SocketsLike | None,
         receipt: bool,

@@ -11,14 +11,22 @@ keeps one DEALER per router and says Hello on each, so both know it at all times
 that takes over can route requests to it at once; each reply goes back on the socket its
 request came from. Handlers' clusters get the same list (the SDK fails over by itself).
 
+Its Hello announces the routes it serves (``App.route_specs``), so the router sends it only
+requests it can answer. Sync handlers run on a bounded pool of ``sync_threads`` threads: when
+every one is taken (hung handlers keep theirs past the timeout), a request for a sync handler
+is answered 503 at once, and the worker tells the router it is ``busy`` (a Hello right away, and
+with every heartbeat until a thread frees) so requests go to other workers meanwhile; the
+router's ``roomcast_router_workers_busy`` gauge shows it.
+
 Errors never leak: no action -> 404, handler exception -> 500 ``action_failed`` with no trace
 or exception text (the traceback goes to this process's log), handler past
-``handler_timeout_s`` -> 504.
+``handler_timeout_s`` -> 504, every sync thread taken -> 503 ``no_worker``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import importlib
@@ -29,6 +37,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -36,15 +45,24 @@ import zmq
 from roomcast.app import App
 from roomcast.cluster import Cluster, encode_json
 from roomcast.core import wire
-from roomcast.core.errors import ActionFailed, NotFound, RoomcastError, Timeout, WireError
+from roomcast.core.errors import (
+    ActionFailed,
+    NotFound,
+    NoWorker,
+    RoomcastError,
+    Timeout,
+    WireError,
+)
 from roomcast.curve import client_options
 from roomcast.flags import EnvArgumentParser, configure_logging, print_ready
 from roomcast.requests import Request, Response
 from roomcast.zmqio import Batch, BatchReader, new_context
 
-__all__ = ["Worker", "WorkerConfig", "load_app", "main", "normalize_result"]
+__all__ = ["Worker", "WorkerConfig", "build_parser", "load_app", "main", "normalize_result"]
 
 log = logging.getLogger("roomcast.worker")
+
+_GOODBYE_REF = 1  # the only ref a worker sends: its Goodbye (requests carry the router's refs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +71,8 @@ class WorkerConfig:
     heartbeat_interval_s: float = 1.0
     handler_timeout_s: float = 25.0  # below the router's request timeout, so we answer first
     max_concurrency: int = 64
+    goodbye_timeout_s: float = 2.0  # how long a stopping worker waits for the routers' ack
+    sync_threads: int = 16  # sync handlers at once; then 503 and "busy" to the router
     # CURVE (roomcast/curve.py): both files, or neither (off)
     curve_key: str = ""  # our .key_secret certificate
     curve_server_key: str = ""  # the router's public .key certificate
@@ -104,13 +124,20 @@ class Worker:
             config.router, curve_key=config.curve_key, curve_server_key=config.curve_server_key
         )
         self._sync_cluster: Any = None
+        self._goodbyes: dict[int, asyncio.Future[None]] = {}  # per socket, once leaving
+        self._leaving = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            config.sync_threads, thread_name_prefix="roomcast-action"
+        )
+        self._sync_running = 0  # threads taken, hung ones included
         self.served = 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        for hook in self.app.startup:
+            await hook()
         for sock, router, reader in zip(self._socks, self._routers, self._readers, strict=True):
             sock.connect(router)
             reader.start()
-        hello = wire.encode(wire.Hello(node_id=self.node_id, role=wire.Role.WORKER))
         log.info(
             "worker %s serving %d actions via %s",
             self.node_id,
@@ -121,18 +148,82 @@ class Worker:
             ready.set()
         try:
             while not stop.is_set():
-                for sock in self._socks:
-                    self._send(sock, hello)
+                self._hello()
                 try:
                     await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval_s)
                 except TimeoutError:
                     pass
+            await self.leave()
         finally:
             await self.close()
+
+    async def leave(self) -> None:
+        """Say Goodbye to every router and wait (bounded) for each acknowledgement: a router
+        routes nothing to us after it, so once the requests in flight are answered (close()),
+        no request is left without its answer."""
+        loop = asyncio.get_running_loop()
+        self._leaving = True  # no Hello after this: it would put us back in the rotation
+        self._goodbyes = {id(sock): loop.create_future() for sock in self._socks}
+        bye = wire.encode(
+            wire.Goodbye(ref=_GOODBYE_REF, node_id=self.node_id, role=wire.Role.WORKER)
+        )
+        for sock in self._socks:
+            self._send(sock, bye)
+        _, missing = await asyncio.wait(
+            self._goodbyes.values(), timeout=self.config.goodbye_timeout_s
+        )
+        log.info(
+            "worker %s leaving: %d of %d routers acknowledged; finishing %d requests in flight",
+            self.node_id,
+            len(self._socks) - len(missing),
+            len(self._socks),
+            len(self._tasks),
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self._sync_running >= self.config.sync_threads
+
+    def _hello(self) -> None:
+        if self._leaving:
+            return
+        hello = wire.Hello(
+            node_id=self.node_id,
+            role=wire.Role.WORKER,
+            routes=tuple(self.app.route_specs),
+            routes_known=True,
+            busy=self.busy,
+        )
+        body = wire.encode(hello)
+        for sock in self._socks:
+            if not sock.closed:
+                self._send(sock, body)
+
+    def _run_sync(self, handler: Any, req: Request) -> asyncio.Future[Any]:
+        """Run a sync handler on the bounded pool; 503 at once when every thread is taken."""
+        if self.busy:
+            raise NoWorker("every sync-handler thread of this worker is busy")
+        self._sync_running += 1
+        if self.busy:
+            self._hello()  # the router prefers other workers from now on
+        loop = asyncio.get_running_loop()
+        future: concurrent.futures.Future[Any] = self._pool.submit(handler, req)
+        # The thread is free only when the handler returns, not when the wait times out.
+        future.add_done_callback(lambda _: _call_soon(loop, self._sync_finished))
+        return asyncio.wrap_future(future)
+
+    def _sync_finished(self) -> None:
+        was_busy = self.busy
+        self._sync_running -= 1
+        if was_busy and not self.busy:
+            self._hello()
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.handler_timeout_s)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for hook in self.app.shutdown:
+            await hook()
         for reader, sock in zip(self._readers, self._socks, strict=True):
             reader.stop()
             sock.close()
@@ -159,6 +250,10 @@ class Worker:
                 task = asyncio.ensure_future(self._serve(sock, msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            elif isinstance(msg, wire.Reply) and msg.ref == _GOODBYE_REF:
+                acked = self._goodbyes.get(id(sock))
+                if acked is not None and not acked.done():
+                    acked.set_result(None)
 
     async def _serve(self, sock: zmq.Socket[bytes], msg: wire.Request) -> None:
         async with self._slots:
@@ -173,20 +268,35 @@ class Worker:
             if match is None:
                 raise NotFound(f"no action for {msg.method} {msg.url.split('?')[0][:200]}")
             is_async = inspect.iscoroutinefunction(match.handler)
+            context = _json_object(msg.context)
+            handshake = _str_dict(context.get("headers"))
+            claims = context.get("claims")
             req = Request(
                 msg.socket,
                 method=msg.method,
                 url=msg.url,
-                headers=_json_object(msg.headers),
+                headers={**handshake, **_str_dict(_json_object(msg.headers))},
                 data=json.loads(msg.data) if msg.data else None,
                 params=match.params,
                 cluster=self.cluster if is_async else self._sync(),
+                user=msg.user or None,
+                claims=claims if isinstance(claims, dict) else {},
+                handshake_headers=handshake,
+                query=match.query,
+                route_params=match.route_params,
             )
-            call = match.handler(req) if is_async else asyncio.to_thread(match.handler, req)
+            call = match.handler(req) if is_async else self._run_sync(match.handler, req)
             result = await asyncio.wait_for(call, self.config.handler_timeout_s)
         except RoomcastError as err:
             return _error(msg.ref, err)
         except TimeoutError:
+            # The client sees only 504: say here which action was too slow.
+            log.warning(
+                "action %s %s timed out after %g s: answered 504",
+                msg.method,
+                msg.url.split("?")[0][:200],
+                self.config.handler_timeout_s,
+            )
             return _error(msg.ref, Timeout("the action did not answer in time"))
         except Exception:
             log.exception("action %s %s failed", msg.method, msg.url.split("?")[0][:200])
@@ -230,13 +340,27 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """From a handler thread: a thread that outlived the worker's loop has nobody to tell."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
+
+
+def _str_dict(value: object) -> dict[str, str]:
+    """Header-like: lower-case string keys to string values (anything else left out)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k.lower(): v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _error(ref: int, err: RoomcastError) -> wire.Reply:
     body = json.dumps(err.as_body()).encode()
     return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message, body=body)
 
 
-def load_app(spec: str) -> App:
-    """Import ``module:attribute`` and check it is an :class:`App`."""
+def _import(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"roomcast worker: {spec!r} is not MODULE:APP")
@@ -244,17 +368,78 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SystemExit(f"roomcast worker: cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
+    return getattr(module, attr, None)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check it is an :class:`App`."""
+    app = _import(spec)
     if not isinstance(app, App):
         raise SystemExit(f"roomcast worker: {spec} is not a roomcast.App")
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
+def load_web_app(spec: str, *, wsgi: bool, routes: tuple[str, ...]) -> App:
+    """An ASGI app (or a WSGI one, through a2wsgi) as an :class:`App` serving ``routes`` (none
+    given: the app's own routes when it lists them — Starlette/FastAPI, Flask — else all)."""
+    from roomcast.asgi import ANY_ROUTE, app_from_asgi, introspect_routes
+
+    web_app = _import(spec)
+    if not callable(web_app):
+        raise SystemExit(f"roomcast worker: {spec} is not an ASGI/WSGI app (not callable)")
+    if not routes:
+        found = introspect_routes(web_app)
+        routes = found or (ANY_ROUTE,)
+        log.info(
+            "%s: announcing %s",
+            spec,
+            f"its {len(found)} routes" if found else "every route (its routes are not listed)",
+        )
+    if wsgi:
+        try:
+            from a2wsgi import WSGIMiddleware
+        except ImportError:
+            raise SystemExit(
+                "roomcast worker: --wsgi needs a2wsgi (pip install 'roomcast[wsgi]')"
+            ) from None
+        web_app = WSGIMiddleware(web_app)
+    try:
+        return app_from_asgi(web_app, routes)
+    except ValueError as exc:
+        raise SystemExit(f"roomcast worker: --route: {exc}") from None
+
+
+def build_parser() -> EnvArgumentParser:
+    """The worker's flags (each also read from its ROOMCAST_* variable)."""
     d = WorkerConfig()
     p = EnvArgumentParser(prog="roomcast worker", description="Serve an App's actions.")
-    p.add_argument("app", metavar="MODULE:APP", help="the roomcast.App to serve")
+    p.add_argument(
+        "app",
+        metavar="MODULE:APP",
+        nargs="?",
+        help="the roomcast.App to serve, imported from the current directory first",
+    )
+    p.add_argument(
+        "--asgi",
+        default="",
+        metavar="MODULE:APP",
+        help="serve virtual requests with this ASGI app (FastAPI, Starlette, Django) instead",
+    )
+    p.add_argument(
+        "--wsgi",
+        default="",
+        metavar="MODULE:APP",
+        help="...or with this WSGI app (Flask, Django), through a2wsgi (the wsgi extra)",
+    )
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="'METHOD /path'",
+        help="with --asgi/--wsgi: a route the app serves, announced to the router "
+        "(repeatable; :name and a last * allowed; default: the app's own routes when it lists "
+        "them (Starlette/FastAPI, Flask), else '* /*', everything)",
+    )
     p.add_argument(
         "--router",
         default=d.router,
@@ -268,10 +453,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--curve-server-key", default="", help="CURVE: the router's public .key certificate"
     )
-    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval_s)
-    p.add_argument("--handler-timeout", type=float, default=d.handler_timeout_s, help="504 after")
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=d.heartbeat_interval_s,
+        help="seconds between this worker's hellos to the router",
+    )
+    p.add_argument(
+        "--handler-timeout",
+        type=float,
+        default=d.handler_timeout_s,
+        help="seconds a handler may take; then the client gets 504 and this log a warning",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=d.max_concurrency,
+        help="requests (count) this worker handles at once; more wait their turn",
+    )
+    p.add_argument(
+        "--sync-threads",
+        type=int,
+        default=d.sync_threads,
+        help="threads (count) for sync handlers; when all are taken: 503 at once, and the "
+        "router sends requests to other workers",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="least severe log level written to stderr (DEBUG, INFO, WARNING, ERROR)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``roomcast worker MODULE:APP``: serve until SIGTERM, print READY once connected."""
+    p = build_parser()
     a = p.parse_args(argv)
     if bool(a.curve_key) != bool(a.curve_server_key):
         p.error("--curve-key and --curve-server-key go together")
@@ -279,14 +496,22 @@ def main(argv: list[str] | None = None) -> int:
         client_options(a.curve_key, a.curve_server_key)
     except ValueError as exc:
         raise SystemExit(f"roomcast worker: {exc}") from None
+    if a.sync_threads < 1:
+        p.error("--sync-threads must be at least 1")
+    if sum(bool(x) for x in (a.app, a.asgi, a.wsgi)) != 1:
+        p.error("give one of MODULE:APP, --asgi MODULE:APP or --wsgi MODULE:APP")
     configure_logging(a.log_level)
     sys.path.insert(0, os.getcwd())  # like `python -m`: apps next to the caller import
-    app = load_app(a.app)
+    if a.app:
+        app = load_app(a.app)
+    else:
+        app = load_web_app(a.asgi or a.wsgi, wsgi=bool(a.wsgi), routes=tuple(a.route))
     config = WorkerConfig(
         router=a.router,
         heartbeat_interval_s=a.heartbeat_interval,
         handler_timeout_s=a.handler_timeout,
         max_concurrency=a.max_concurrency,
+        sync_threads=a.sync_threads,
         curve_key=a.curve_key,
         curve_server_key=a.curve_server_key,
     )
@@ -304,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         await ready.wait()
         print_ready({"router": config.router, "node": worker.node_id, "actions": len(app.routes)})
         await task
+        log.info("worker %s stopped (%d requests served)", worker.node_id, worker.served)
 
     asyncio.run(serve())
     return 0

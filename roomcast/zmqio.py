@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import zmq
 
-__all__ = ["BatchReader", "bind", "new_context"]
+__all__ = ["BatchReader", "BindError", "bind", "new_context"]
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,25 @@ def new_context() -> zmq.Context[zmq.Socket[bytes]]:
     return zmq.Context()
 
 
+class BindError(Exception):
+    """An address could not be bound (in use, not ours, malformed): ``url`` and why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"cannot bind {url}: {reason}")
+
+
 def bind(sock: zmq.Socket[bytes], url: str) -> str:
-    """Bind ``sock`` to ``url`` (port 0: any free port) and return the endpoint it got."""
+    """Bind ``sock`` to ``url`` (port 0: any free port) and return the endpoint it got.
+
+    Raises :class:`BindError` naming the address when it cannot be had."""
+    wanted = url
     if url.endswith(":0"):
         url = url[:-2] + ":*"
-    sock.bind(url)
+    try:
+        sock.bind(url)
+    except zmq.ZMQError as exc:
+        raise BindError(wanted, zmq.strerror(exc.errno or 0).lower()) from None
     endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
     return endpoint.decode()
 

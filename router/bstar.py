@@ -29,6 +29,9 @@ The rules, and where they differ from zguide's:
   restarted primary hears it passive and becomes ACTIVE itself -- zguide hands over to the
   backup here; ours keeps the primary, which is the one gateways already know). Two PASSIVE
   routers: the primary becomes ACTIVE.
+* Leaving: a router stopped on purpose (SIGTERM) says ``LEAVING`` and serves no more; a peer
+  standing by (or not yet paired) that hears it becomes ACTIVE at once, with no vote needed: no
+  second active router can arise, since the leaving one already stopped serving.
 * Two routers with the same role never serve while they hear each other: every decision then
   carries ``conflict`` so the shell logs the misconfiguration.
 """
@@ -51,6 +54,7 @@ class State(enum.Enum):
     BACKUP = "backup"  # backup, waiting to hear its peer
     ACTIVE = "active"  # serving
     PASSIVE = "passive"  # standing by
+    LEAVING = "leaving"  # stopping on purpose: serves no more, whatever it hears
 
 
 class Event(enum.Enum):
@@ -58,6 +62,7 @@ class Event(enum.Enum):
     PEER_BACKUP = "peer_backup"
     PEER_ACTIVE = "peer_active"
     PEER_PASSIVE = "peer_passive"
+    PEER_LEAVING = "peer_leaving"
     CLIENT_REQUEST = "client_request"
 
 
@@ -66,6 +71,7 @@ _PEER_EVENTS = {
     State.BACKUP: Event.PEER_BACKUP,
     State.ACTIVE: Event.PEER_ACTIVE,
     State.PASSIVE: Event.PEER_PASSIVE,
+    State.LEAVING: Event.PEER_LEAVING,
 }
 
 
@@ -101,6 +107,12 @@ _PEER_RULES: dict[tuple[Role, State, Event], tuple[State, str]] = {
     (Role.PRIMARY, State.PASSIVE, Event.PEER_BACKUP): (State.ACTIVE, "backup restarted"),
     (Role.PRIMARY, State.PASSIVE, Event.PEER_PASSIVE): (State.ACTIVE, "both routers passive"),
     (Role.BACKUP, State.BACKUP, Event.PEER_ACTIVE): (State.PASSIVE, "primary is active"),
+    # A peer that stops on purpose serves no more from the moment it says so: take over at
+    # once, without waiting out the peer timeout and a client's vote.
+    (Role.PRIMARY, State.PRIMARY, Event.PEER_LEAVING): (State.ACTIVE, "backup is leaving"),
+    (Role.PRIMARY, State.PASSIVE, Event.PEER_LEAVING): (State.ACTIVE, "backup is leaving"),
+    (Role.BACKUP, State.BACKUP, Event.PEER_LEAVING): (State.ACTIVE, "primary is leaving"),
+    (Role.BACKUP, State.PASSIVE, Event.PEER_LEAVING): (State.ACTIVE, "primary is leaving"),
     (Role.BACKUP, State.ACTIVE, Event.PEER_ACTIVE): (
         State.PASSIVE,
         "primary is active too: stepping down (fencing: the primary wins)",
@@ -131,7 +143,14 @@ class BinaryStar:
         """Whether the peer was heard within the peer timeout (or we started that recently)."""
         return now < self.peer_expiry
 
+    def leave(self) -> Decision:
+        """We stop on purpose (SIGTERM): serve no more, from now on."""
+        before, self.state = self.state, State.LEAVING
+        return Decision(before, State.LEAVING, reason="stopping: the peer takes over")
+
     def handle(self, event: Event, now: float) -> Decision:
+        if self.state is State.LEAVING:
+            return Decision(self.state, self.state, reason="this router is stopping")
         if event is Event.CLIENT_REQUEST:
             return self._client(now)
         return self._peer(event, now)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES
+
 __all__ = ["RouterConfig"]
 
 
@@ -21,6 +23,9 @@ class RouterConfig:
     gateway_timeout_s: float = 5.0
     # Limits
     max_rooms_per_socket: int = 1000
+    # One publish's event + JSON data; larger ones are refused with 413 (0: no bound). Keep it
+    # under every gateway's --max-send-queue-bytes: a bigger message could never be delivered.
+    max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES
     fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
     commands_hwm_messages: int = 200_000
     # ZMQ_MAXMSGSIZE on the commands port: a peer that sends a larger message is disconnected

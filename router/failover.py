@@ -79,9 +79,11 @@ class Failover:
             return True  # a single router: as ever, whatever its state
         if gateway is None and (
             isinstance(msg, (wire.Heartbeat, wire.Reply))
-            or (isinstance(msg, wire.Hello) and msg.role is wire.Role.WORKER)
+            or (isinstance(msg, (wire.Hello, wire.Goodbye)) and msg.role is wire.Role.WORKER)
         ):
             return True
+        if gateway is not None and isinstance(msg, wire.Goodbye):
+            return False  # not our gateway: nothing to forget, and it is going away anyway
         if gateway is not None and not isinstance(msg, wire.Hello):
             self._links.reset(gateway)
             return False

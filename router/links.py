@@ -12,6 +12,7 @@ tells it what to send, and when a gateway is known or forgotten.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 import zmq
@@ -37,6 +38,8 @@ __all__ = [
 # 1.0/1.1 send no session (the identity then is the prefix + id alone).
 GATEWAY_ID_PREFIX = b"gw:"
 SESSION_SEPARATOR = b"\x00"
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,7 +63,9 @@ def gateway_of(identity: bytes) -> str | None:
 
 
 def error_reply(ref: int, err: RoomcastError) -> wire.Reply:
-    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message)
+    # The body carries the error's fields (NoSuchSocket.socket, PayloadTooLarge.size, ...).
+    body = json.dumps(err.as_body(), separators=(",", ":")).encode() if err.fields else b""
+    return wire.Reply(ref=ref, status=err.status, error=err.code, message=err.message, body=body)
 
 
 class Links:
@@ -73,6 +78,7 @@ class Links:
         epoch: Callable[[], str],
     ) -> None:
         self.gateways: dict[str, GatewayLink] = {}
+        self._held: dict[str, list[bytes]] | None = None  # per gateway, while a batch runs
         self._commands = commands
         self._fanout = fanout
         self._metrics = metrics
@@ -81,6 +87,8 @@ class Links:
     def add(self, gateway: str, identity: bytes, now: float) -> bool:
         """(Re)start a gateway's stream at sequence 0 (its Hello); whether we knew it already."""
         known = gateway in self.gateways
+        if known and self._held:
+            self._send_held(gateway)  # the old stream's end goes out under its own numbers
         self.gateways[gateway] = GatewayLink(wire.gateway_topic(gateway), 0, now, identity)
         return known
 
@@ -91,14 +99,62 @@ class Links:
         except zmq.ZMQError:
             self._metrics.command_errors.labels("reply_dropped").inc()
 
+    # --- a gateway's stream: one sequenced message per batch of commands --------------------
+
+    def hold(self) -> None:
+        """From now on, keep what each gateway is sent until :meth:`release`: one batch of
+        commands then costs each gateway one ZeroMQ message (a Bundle), not one per delivery."""
+        self._held = {}
+
+    def release(self) -> None:
+        """Send what was held, one message per gateway, in the order it was given."""
+        held = self._held
+        self._held = None
+        if held:
+            for gateway in held:
+                self._flush(gateway, held[gateway])
+
+    def _send_held(self, gateway: str) -> None:
+        assert self._held is not None
+        bodies = self._held.pop(gateway, None)
+        if bodies:
+            self._flush(gateway, bodies)
+
+    def _flush(self, gateway: str, bodies: list[bytes]) -> None:
+        if len(bodies) == 1:
+            self._send(gateway, bodies[0])
+        else:
+            self._send(gateway, wire.encode(wire.Bundle(bodies=tuple(bodies))))
+
     def to_gateway(self, gateway: str, body: bytes) -> bool:
+        """Send (or, while held, queue) one message on a gateway's stream; False if the gateway
+        is unknown or, sent at once, the send was dropped at the high-water mark."""
+        if gateway not in self.gateways:
+            return False
+        held = self._held
+        if held is None:
+            return self._send(gateway, body)
+        bodies = held.get(gateway)
+        if bodies is None:
+            held[gateway] = [body]
+        else:
+            bodies.append(body)
+        return True
+
+    def _send(self, gateway: str, body: bytes) -> bool:
         link = self.gateways.get(gateway)
         if link is None:
-            return False
+            return False  # forgotten since it was held (expired, reset, said goodbye)
         # The sequence advances even when the send fails, so the gateway sees the gap.
         link.seq += 1
+        send = self._fanout.send
         try:
-            self._fanout.send_multipart((link.topic, wire.pack_seq(link.seq), body), zmq.NOBLOCK)
+            # Frame by frame with int flags: send_multipart's loop and the enum arithmetic on
+            # its flags cost more than the sends on this path (one call per target gateway).
+            # A message is atomic in ZeroMQ: once its first frame is taken, the rest are too.
+            send(link.topic, _MORE_NOBLOCK)
+            send(wire.pack_seq(link.seq), _MORE_NOBLOCK)
+            send(body, _NOBLOCK)
         except zmq.Again:
             self._metrics.fanout_dropped.inc()
             return False
@@ -126,6 +182,8 @@ class Links:
 
     def unsequenced(self, gateway: str, msg: wire.Message) -> None:
         """A message for a gateway that has no sequenced stream with us (yet)."""
+        if self._held:
+            self._send_held(gateway)  # whatever its stream held goes first
         body = wire.encode(msg)
         try:
             self._fanout.send_multipart((wire.gateway_topic(gateway), b"", body), zmq.NOBLOCK)

@@ -10,9 +10,13 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["RouterMetrics"]
+__all__ = ["MAX_ROUTE_LABELS", "OTHER", "UNMATCHED", "RouterMetrics"]
 
 _NS, _SUB = "roomcast", "router"
+# Route labels are the patterns workers announce (an app's code, not a client's paths); past
+# this many distinct ones, the rest count as OTHER so a misbehaving peer cannot grow the series.
+MAX_ROUTE_LABELS = 200
+OTHER, UNMATCHED = "other", "unmatched"
 
 
 class RouterMetrics:
@@ -53,6 +57,11 @@ class RouterMetrics:
         self.gateway_expired = counter(
             "gateway_expired_total", "Gateways expired after missed heartbeats."
         )
+        self.goodbyes = counter(
+            "goodbyes_total",
+            "Peers that left on purpose (a drained gateway, a stopping worker), by role.",
+            ("role",),
+        )
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
         self.claims_refused = counter(
             "claims_refused_total",
@@ -84,6 +93,7 @@ class RouterMetrics:
         )
         self.history_rooms = gauge("history_rooms", "Rooms with a message history.")
         self.gateways = gauge("gateways", "Live gateways.")
+        self._routes: Callable[[], dict[str, int]] = dict
         self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")
         self.rooms = gauge("rooms", "Non-empty rooms, own-id rooms included.")
         self.memberships = gauge("memberships", "Socket-room pairs, own-id rooms included.")
@@ -103,16 +113,71 @@ class RouterMetrics:
         self.peer_alive = gauge(
             "peer_alive", "1 while the pair's peer router was heard within --peer-timeout."
         )
+        self.paired = gauge(
+            "paired",
+            "1 while this router of a pair hears its peer's state (in a rolling restart, wait "
+            "for it on the restarted router before stopping the other).",
+        )
         self.takeovers = counter("takeovers_total", "Times this router of a pair became active.")
         self.stepdowns = counter(
             "stepdowns_total", "Times this router of a pair stopped serving (fencing)."
         )
+        self.requests_by_route = counter(
+            "requests_total",
+            "Virtual requests routed, by the route pattern they matched (unmatched: 404).",
+            ("route",),
+        )
+        self._route_labels: set[str] = set()
+        self.foreign_replies = counter(
+            "foreign_replies_total",
+            "Replies dropped: they came from a peer the request was not sent to.",
+        )
+        self.workers_busy = gauge(
+            "workers_busy", "Live action workers reporting every sync-handler thread taken."
+        )
+        self.route_workers = Gauge(
+            "route_workers",
+            "Live action workers per route pattern they announced (*: serve everything).",
+            ("route",),
+            namespace=_NS,
+            subsystem=_SUB,
+            registry=registry,
+        )
         self.workers = gauge("workers", "Live action workers.")
         self.requests_in_flight = gauge("requests_in_flight", "Virtual requests awaiting a worker.")
 
-    def bind_workers(self, workers: Callable[[], int], in_flight: Callable[[], int]) -> None:
+    def bind_workers(
+        self,
+        workers: Callable[[], int],
+        in_flight: Callable[[], int],
+        *,
+        busy: Callable[[], int],
+        routes: Callable[[], dict[str, int]],
+    ) -> None:
         self.workers.set_function(workers)
         self.requests_in_flight.set_function(in_flight)
+        self.workers_busy.set_function(busy)
+        self._routes = routes
+
+    def count_request(self, route: str) -> None:
+        self.requests_by_route.labels(self._route_label(route)).inc()
+
+    def _route_label(self, route: str) -> str:
+        if route in self._route_labels or route == UNMATCHED:
+            return route
+        if len(self._route_labels) >= MAX_ROUTE_LABELS:
+            return OTHER
+        self._route_labels.add(route)
+        return route
+
+    def refresh_routes(self) -> None:
+        """Set the workers-per-route gauge from the pool (called on the expiry timer, not on
+        the hot path); routes no live worker serves any more drop to 0."""
+        served = self._routes()
+        for route in list(self._route_labels | set(served)):
+            label = self._route_label(route)
+            if label != OTHER:
+                self.route_workers.labels(label).set(served.get(route, 0))
 
     def bind_topology(
         self,

@@ -40,9 +40,12 @@ _TO_WIRE_STATE = {
     State.BACKUP: wire.RouterState.BACKUP,
     State.ACTIVE: wire.RouterState.ACTIVE,
     State.PASSIVE: wire.RouterState.PASSIVE,
+    State.LEAVING: wire.RouterState.LEAVING,
 }
 _FROM_WIRE_STATE = {v: k for k, v in _TO_WIRE_STATE.items()}
-_PEER_HWM = 16  # a few states at most: a newer one always follows
+_HANDING_OVER = (State.ACTIVE, State.LEAVING)
+_PEER_HWM = 16
+_LEAVE_LINGER_MS = 500  # a few states at most: a newer one always follows
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,6 +109,9 @@ class Pair:
             dealer = self._dealer
             self._readers.append(BatchReader(dealer, lambda b: self._on_batch(dealer, b)))
         metrics.peer_alive.set_function(lambda: float(self.fsm.peer_alive(time.monotonic())))
+        metrics.paired.set_function(
+            lambda: float(self.fsm.peer_state is not None and self.fsm.peer_alive(time.monotonic()))
+        )
 
     @property
     def state(self) -> State:
@@ -127,6 +133,16 @@ class Pair:
             self.config.connect or "-",
             self.fsm.state.value,
         )
+
+    def leave(self) -> None:
+        """We stop on purpose: serve no more and tell the peer now, with the gateways we
+        serve, so that it takes over at once instead of after the peer timeout."""
+        decision = self.fsm.leave()
+        log.info("%s -> %s: %s", decision.before.value, decision.after.value, decision.reason)
+        for sock in (self._router, self._dealer):
+            if sock is not None:
+                sock.setsockopt(zmq.LINGER, _LEAVE_LINGER_MS)  # let the announcement out
+        self.announce()
 
     def stop(self) -> None:
         if self._task is not None:
@@ -163,7 +179,7 @@ class Pair:
             self._peer(msg, now)
 
     def _peer(self, msg: wire.PeerState, now: float) -> None:
-        if msg.state is wire.RouterState.ACTIVE:
+        if msg.state in (wire.RouterState.ACTIVE, wire.RouterState.LEAVING):
             self.peer_gateways = msg.gateways
         decision = self.fsm.handle(peer_event(_FROM_WIRE_STATE[msg.state]), now)
         conflict = decision.conflict or msg.role == _TO_WIRE_ROLE[self.config.role]
@@ -208,7 +224,8 @@ class Pair:
             role=_TO_WIRE_ROLE[self.config.role],
             state=_TO_WIRE_STATE[self.fsm.state],
             epoch=self._epoch(),
-            gateways=tuple(self._gateways()) if self.fsm.serving else (),
+            # Whom a takeover waits for: the gateways we serve, or served until we left.
+            gateways=tuple(self._gateways()) if self.fsm.state in _HANDING_OVER else (),
         )
         body = wire.encode(state)
         try:

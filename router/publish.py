@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from roomcast.core import wire
 from roomcast.core.errors import BadRequest
+from roomcast.core.limits import DEFAULT_MAX_PUBLISH_BYTES, check_publish_size
 from roomcast.core.rooms import validate_rooms
 from roomcast.core.topology import Topology
 from router.history import History
@@ -38,7 +39,9 @@ class Publisher:
         metrics: RouterMetrics,
         *,
         history: Callable[[], History],
+        max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES,
     ) -> None:
+        self._max_publish_bytes = max_publish_bytes
         self._topology = topology
         self._links = links
         self._metrics = metrics
@@ -50,6 +53,8 @@ class Publisher:
     def publish(
         self, identity: bytes, gateway: str | None, msg: wire.Publish, *, record: bool = True
     ) -> None:
+        if record:  # a client's publish (presence events are ours, and small)
+            check_publish_size(msg.event, msg.data, self._max_publish_bytes)
         offsets: tuple[wire.RoomOffset, ...] = ()
         if msg.everyone:
             targets: Iterable[str] = list(self._links.gateways)
@@ -101,7 +106,11 @@ class Publisher:
             if not pending.waiting:
                 self._confirm_timeout(confirm)  # nobody to wait for
         elif msg.ref:
-            self._links.reply(identity, gateway, dataclasses.replace(reply, gateways=sent))
+            # Built anew, not with dataclasses.replace(): this runs once per publish.
+            done = wire.Reply(
+                ref=msg.ref, sockets=reply.sockets, omitted=reply.omitted, gateways=sent
+            )
+            self._links.reply(identity, gateway, done)
 
     def delivered(self, msg: wire.Delivered, gateway: str) -> None:
         """A gateway queued a confirmed publish for its sockets: answer once all of them did."""

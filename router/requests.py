@@ -3,7 +3,9 @@
 Owns the shell side of router.workers' pure WorkerPool: sending a request to the worker the
 pool picks (past one that vanished without expiring yet), relaying the worker's reply to the
 asker under the asker's ref, and answering for a worker that went away (503) or ran late (504)
-so that no asker waits for a reply that cannot come. Counts each outcome by status class.
+so that no asker waits for a reply that cannot come. Counts each outcome by status class and
+each request by the route pattern it matched. A reply from any peer but the worker the request
+went to is dropped and counted (``foreign_replies_total``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import logging
 import zmq
 
 from roomcast.core import wire
-from roomcast.core.errors import BadRequest, NoWorker, RoomcastError, Timeout
+from roomcast.core.errors import BadRequest, NotFound, NoWorker, RoomcastError, Timeout
 from router.links import Links, error_reply
-from router.metrics import RouterMetrics
-from router.workers import Origin, WorkerPool
+from router.metrics import UNMATCHED, RouterMetrics
+from router.workers import Miss, Origin, WorkerPool
 
 __all__ = ["Requests"]
 
@@ -34,36 +36,67 @@ class Requests:
         self._timeout_s = timeout_s  # then the asker gets 504
         self._known = 0  # workers at the last expiry (or Hello): who went missing since
 
-    def hello(self, identity: bytes, node_id: str, now: float) -> None:
-        # Workers repeat Hello as their heartbeat; only a new one is news.
-        if not self._workers.seen(identity, now):
-            self._workers.add(identity, now)
+    def hello(self, identity: bytes, msg: wire.Hello, now: float) -> None:
+        # Workers repeat Hello as their heartbeat (with their routes and busy state); only a new
+        # one is news.
+        routes = msg.routes if msg.routes_known else None
+        if self._workers.add(identity, now, routes, busy=msg.busy):
             self._known = len(self._workers)
-            log.info("worker %s hello (%d workers)", node_id, len(self._workers))
+            log.info(
+                "worker %s hello (%s routes, %d workers)",
+                msg.node_id,
+                "any" if routes is None else len(routes),
+                len(self._workers),
+            )
+
+    def goodbye(self, identity: bytes, node_id: str) -> bool:
+        """A worker stops: route it nothing new; its requests in flight still get its answers
+        (or 504 at their deadline). Whether it was known."""
+        if not self._workers.leave(identity):
+            return False
+        self._known = len(self._workers)
+        log.info(
+            "worker %s left (%d workers, %d requests in flight)",
+            node_id,
+            len(self._workers),
+            self._workers.in_flight,
+        )
+        return True
 
     def forward(self, identity: bytes, gateway: str | None, msg: wire.Request, now: float) -> None:
         if not msg.ref:
             raise BadRequest("a request needs a ref")
         workers = self._workers
+        path = msg.url.split("?", 1)[0]
         # A worker that vanished without expiring yet makes the send fail (ROUTER_MANDATORY):
         # forget it and try the next one.
-        for _ in range(len(workers)):
-            picked = workers.forward(identity, gateway, msg.ref, now, self._timeout_s)
-            if picked is None:
+        for _ in range(len(workers) + 1):
+            picked = workers.forward(
+                identity, gateway, msg.ref, now, self._timeout_s, msg.method, path
+            )
+            if picked is Miss.NOT_FOUND:
+                self._metrics.count_request(UNMATCHED)
+                raise NotFound(f"no action for {msg.method[:16]} {path[:200]}")
+            if picked is Miss.NO_WORKER:
                 break
-            worker, router_ref = picked
             try:
-                self._links.to_worker(worker, wire.encode(dataclasses.replace(msg, ref=router_ref)))
+                body = wire.encode(dataclasses.replace(msg, ref=picked.ref))
+                self._links.to_worker(picked.worker, body)
             except zmq.ZMQError:
-                workers.answer(router_ref)
-                self._orphaned(workers.remove(worker))
+                workers.cancel(picked.ref)
+                self._orphaned(workers.remove(picked.worker))
                 continue
             self._metrics.requests_forwarded.inc()
+            self._metrics.count_request(picked.route)
             return
-        raise NoWorker("no action worker is connected")
+        raise NoWorker("no action worker serving this route is connected")
 
-    def answer(self, reply: wire.Reply) -> None:
-        origin = self._workers.answer(reply.ref)
+    def answer(self, identity: bytes, reply: wire.Reply) -> None:
+        origin, foreign = self._workers.answer(reply.ref, identity)
+        if foreign:
+            self._metrics.foreign_replies.inc()
+            log.warning("dropped a reply from a peer the request was not sent to")
+            return
         if origin is None:
             return  # answered after its deadline: the asker already got 504
         self._metrics.requests_answered.labels(_status_class(reply.status)).inc()

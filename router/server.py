@@ -15,6 +15,7 @@ replies to SDK clients and workers go back over the ROUTER socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import secrets
@@ -48,7 +49,11 @@ from router.publish import Publisher
 from router.requests import Requests
 from router.workers import WorkerPool
 
-__all__ = ["GATEWAY_ID_PREFIX", "Router", "RouterConfig"]
+__all__ = ["GATEWAY_ID_PREFIX", "MAX_CONTEXT_BYTES", "Router", "RouterConfig"]
+
+# A gateway bounds each socket's requester context (gateway/requester.py: 16 KiB); the router
+# keeps one per socket, so it drops any larger one rather than trust every peer to.
+MAX_CONTEXT_BYTES = 64 * 1024
 
 log = logging.getLogger("roomcast.router")
 
@@ -71,7 +76,10 @@ class Router:
             tracked=lambda room: any(fnmatch.fnmatchcase(room, p) for p in patterns),
         )
         self.history = self._new_history()
-        self.workers = WorkerPool(timeout_s=config.worker_timeout_s)
+        # Unguessable refs: a peer cannot answer a request it was not sent (router/workers.py).
+        self.workers = WorkerPool(
+            timeout_s=config.worker_timeout_s, refs=lambda: secrets.randbits(64)
+        )
         # Its authenticator runs before any bind, so no handshake completes unchecked.
         self.curve = ServerCurve(
             ctx,
@@ -98,7 +106,13 @@ class Router:
         self.commands_endpoint = bind(self._commands, config.commands)
         self.fanout_endpoint = bind(self._fanout, config.fanout)
         self.links = Links(self._commands, self._fanout, metrics, epoch=lambda: self.epoch)
-        self.publisher = Publisher(self.topology, self.links, metrics, history=lambda: self.history)
+        self.publisher = Publisher(
+            self.topology,
+            self.links,
+            metrics,
+            history=lambda: self.history,
+            max_publish_bytes=config.max_publish_bytes,
+        )
         self.requests = Requests(
             self.workers, self.links, metrics, timeout_s=config.request_timeout_s
         )
@@ -139,7 +153,12 @@ class Router:
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
         metrics.history_bytes.set_function(lambda: self.history.bytes())
         metrics.history_rooms.set_function(lambda: self.history.rooms())
-        metrics.bind_workers(lambda: len(self.workers), lambda: self.workers.in_flight)
+        metrics.bind_workers(
+            lambda: len(self.workers),
+            lambda: self.workers.in_flight,
+            busy=lambda: self.workers.busy,
+            routes=self.workers.routes_served,
+        )
 
     def _new_history(self) -> History:
         return History(
@@ -183,6 +202,8 @@ class Router:
         )
 
     async def stop(self) -> None:
+        if self.pair is not None and self.serving:
+            self._hand_over()
         self.serving = False
         self.metrics.up.set(0)
         self.metrics.serving.set(0)
@@ -204,24 +225,30 @@ class Router:
         kinds: Tally[str] = Tally()
         now = time.monotonic()
         roles = self.curve.enabled
-        for parts in batch:
-            if len(parts) != 2 + roles:
-                self.metrics.wire_errors.inc()
-                continue
-            identity, body = parts[0], parts[1]
-            if roles and identity.startswith(GATEWAY_ID_PREFIX):
-                role = parts[2].decode("ascii", "replace")
-                if role not in _GATEWAY_ROLES:
-                    # A backend's or worker's key speaking as a gateway: refused, whatever it says.
-                    self._refuse_role(identity, role)
+        # What the batch sends each gateway leaves as one message (a Bundle) at its end.
+        self.links.hold()
+        try:
+            for parts in batch:
+                if len(parts) != 2 + roles:
+                    self.metrics.wire_errors.inc()
                     continue
-            try:
-                msg = wire.decode(body)
-            except WireError:
-                self.metrics.wire_errors.inc()
-                continue
-            kinds[msg.KIND] += 1
-            self._handle(identity, msg, now)
+                identity, body = parts[0], parts[1]
+                if roles and identity.startswith(GATEWAY_ID_PREFIX):
+                    role = parts[2].decode("ascii", "replace")
+                    if role not in _GATEWAY_ROLES:
+                        # A backend's or worker's key speaking as a gateway: refused, whatever
+                        # it says.
+                        self._refuse_role(identity, role)
+                        continue
+                try:
+                    msg = wire.decode(body)
+                except WireError:
+                    self.metrics.wire_errors.inc()
+                    continue
+                kinds[msg.KIND] += 1
+                self._handle(identity, msg, now)
+        finally:
+            self.links.release()
         transitions = self.topology.take_transitions()
         if transitions:
             self.publisher.presence.add(transitions)
@@ -239,9 +266,10 @@ class Router:
         if gateway is not None:
             link = self.links.gateways.get(gateway)
             if link is not None and link.identity != identity:
+                # Whatever it says (a Goodbye too): only the process that said Hello speaks.
                 self._refuse_claim(identity, gateway, msg, now)
                 return
-            if not isinstance(msg, wire.Hello):
+            if not isinstance(msg, (wire.Hello, wire.Goodbye)):
                 if link is None:
                     self.links.reset(gateway)
                     return
@@ -325,8 +353,9 @@ class Router:
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
+            bounded = tuple(_bounded(c) for c in msg.contexts)
             try:
-                topo.open_sockets(gateway, msg.sockets, msg.users)
+                topo.open_sockets(gateway, msg.sockets, msg.users, bounded)
             except Conflict:
                 self.metrics.claims_refused.labels("socket").inc()
                 if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
@@ -360,7 +389,10 @@ class Router:
             if gateway is None:
                 raise BadRequest("only gateways resync")
             identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
-            refused = topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities)
+            contexts = {s.socket: _bounded(s.context) for s in msg.sockets if s.context}
+            refused = topo.resync(
+                gateway, ((s.socket, s.rooms) for s in msg.sockets), identities, contexts
+            )
             if refused:
                 self.metrics.claims_refused.labels("socket").inc(refused)
                 log.warning(
@@ -373,10 +405,12 @@ class Router:
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.Hello):
             self._hello(identity, gateway, msg, now)
+        elif isinstance(msg, wire.Goodbye):
+            self._goodbye(identity, gateway, msg)
         elif isinstance(msg, wire.Request):
-            self.requests.forward(identity, gateway, msg, now)
+            self.requests.forward(identity, gateway, self._with_requester(msg), now)
         elif isinstance(msg, wire.Reply):
-            self.requests.answer(msg)
+            self.requests.answer(identity, msg)
         elif isinstance(msg, wire.Delivered):
             if gateway is not None:
                 self.publisher.delivered(msg, gateway)
@@ -415,7 +449,7 @@ class Router:
         )
         if gateway is None:
             if msg.role is wire.Role.WORKER:
-                self.requests.hello(identity, msg.node_id, now)
+                self.requests.hello(identity, msg, now)
             self.links.reply(identity, None, ack)
             return
         dropped = self.topology.add_gateway(gateway)
@@ -428,15 +462,39 @@ class Router:
         )
         self.links.reply(identity, gateway, ack)
 
+    def _goodbye(self, identity: bytes, gateway: str | None, msg: wire.Goodbye) -> None:
+        """A peer leaves on purpose: forget it now, not after the expiry meant for crashes."""
+        if gateway is None:
+            if msg.role is wire.Role.WORKER and self.requests.goodbye(identity, msg.node_id):
+                self.metrics.goodbyes.labels("worker").inc()
+            if msg.ref:
+                # Ordered after every request we sent it: none follows this acknowledgement.
+                self.links.reply(identity, None, wire.Reply(ref=msg.ref))
+            return
+        if self.links.gateways.pop(gateway, None) is None:
+            return  # already expired or reset: nothing left of it
+        dropped = self.topology.drop_gateway(gateway)
+        self.metrics.goodbyes.labels("gateway").inc()
+        log.info("gateway %s left after draining (%d sockets removed)", gateway, dropped)
+
     def _set_presence(self, identity: bytes, gateway: str | None, msg: wire.SetPresence) -> None:
         queries.check_presence(msg)
         owner = self.topology.set_presence(msg.socket, msg.user, msg.meta)
+        if msg.context and gateway == owner:  # only the socket's own gateway vouches for it
+            self.topology.set_context(msg.socket, _bounded(msg.context))
         # The socket's gateway keeps the identity for its resyncs.
         update = wire.MemberUpdate(
             identities=(wire.SocketRooms(socket=msg.socket, user=msg.user, meta=msg.meta),)
         )
         self.links.to_gateway(owner, wire.encode(update))
         self.links.reply(identity, gateway, wire.Reply(ref=msg.ref))
+
+    def _with_requester(self, msg: wire.Request) -> wire.Request:
+        """The request with who is asking, as the router knows the socket (whatever the asker
+        claimed): its user (token subject, or what set_presence set) and its gateway's context."""
+        known = self.topology.requester(msg.socket)
+        user, context = ("", b"") if known is None else known[1:]
+        return dataclasses.replace(msg, user=user, context=context)
 
     def _apply(self, identity: bytes, gateway: str | None, ref: int, changes: Changes) -> None:
         """Send each affected gateway its MemberUpdate, then acknowledge the caller."""
@@ -483,6 +541,20 @@ class Router:
             # a silent gateway anyway).
             self.failover.settle(expected, self.config.gateway_timeout_s)
 
+    def _hand_over(self) -> None:
+        """Stopping while serving a pair (a rolling restart): the peer takes over now, not
+        after the peer timeout, and our gateways move to it at once. Deliveries already
+        queued go out first (a gateway's stream is ordered), then its Reset."""
+        assert self.pair is not None
+        self.serving = False
+        self.pair.leave()  # the peer hears it with our gateways: whom its takeover waits for
+        gateways = list(self.links.gateways)
+        for gateway in gateways:
+            self.links.reset(gateway)
+        self.links.gateways.clear()
+        self.requests.drain(RouterUnavailable("the router stopped before the action answered"))
+        log.info("handed over to the peer router: %d gateways sent to it", len(gateways))
+
     def _step_down(self) -> None:
         """Fencing: forget every gateway (each is Reset and moves), answer requests in flight."""
         self.serving = False
@@ -507,6 +579,7 @@ class Router:
                 self.links.beat()
                 self._expire(now)
             self.requests.expire(now)
+            self.metrics.refresh_routes()
             self.history.sweep(now)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
@@ -536,3 +609,7 @@ class Router:
 
 def _ignore_subscriptions(batch: Batch) -> None:
     """XPUB hands us subscription frames; gateways announce themselves with Hello instead."""
+
+
+def _bounded(context: bytes) -> bytes:
+    return context if len(context) <= MAX_CONTEXT_BYTES else b""

@@ -5,7 +5,7 @@ compares roomcast against in the same run: every ``/ws`` connection is in one ro
 broadcast from a client is encoded once and sent to every other connection with
 ``write_message`` (one call, one frame and one socket write per recipient per message).
 
-It speaks the subset of the plain ``/ws`` protocol (DESIGN.md §4) the bench drives, so the same
+It speaks the subset of the plain ``/ws`` protocol (architecture §4) the bench drives, so the same
 clients and publisher run against both: ``{"op":"welcome","socket":ID}`` on open, ``join``/``leave``
 answered 200 (everyone is in the one room anyway), ``broadcast`` pushed as
 ``{"op":"event","event":E,"data":D}`` to every other connection.
@@ -33,7 +33,7 @@ import tornado.netutil
 import tornado.web
 import tornado.websocket
 
-__all__ = ["main", "make_app"]
+__all__ = ["build_parser", "main", "make_app"]
 
 log = logging.getLogger("roomcast.bench.baseline")
 
@@ -119,15 +119,22 @@ async def _serve(host: str, port: int) -> None:
         await asyncio.sleep(0.05)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m roomcast.bench.baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="The bench's baseline: one-process Tornado broadcaster (plain write_message).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address")
-    parser.add_argument("--port", type=int, default=0, help="port (0: a free one)")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=0, help="port number to bind (0: a free one)")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="least severe log level written to stderr"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper())
     _raise_fd_limit()
     asyncio.run(_serve(args.host, args.port))

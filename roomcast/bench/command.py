@@ -25,6 +25,7 @@ from roomcast.bench.failover import FailoverOptions, run_failover
 from roomcast.bench.fanout import FanoutOptions, run_fanout, smoke_verdict
 from roomcast.bench.procs import Fleet, raise_fd_limit
 from roomcast.bench.profiles import summarize_dir
+from roomcast.bench.router import RouterOptions, run_router
 from roomcast.bench.scenarios import run_connect, run_consistency, run_memory, run_rooms
 from roomcast.flags import EnvArgumentParser
 
@@ -47,20 +48,20 @@ def _parser() -> EnvArgumentParser:
     # Added to the parser itself, not to an argument group: only EnvArgumentParser.add_argument
     # wires the ROOMCAST_* variables.
     g = common = EnvArgumentParser(add_help=False)
-    g.add_argument("--gateways", type=int, default=2, help="gateway processes")
+    g.add_argument("--gateways", type=int, default=2, help="gateway processes to start")
     g.add_argument(
         "--client-procs", type=int, default=2, help="load-agent processes holding the clients"
     )
-    g.add_argument("--payload-bytes", type=int, default=100, help="JSON data size of each push")
+    g.add_argument("--payload-bytes", type=int, default=100, help="bytes of JSON data in each push")
     g.add_argument(
         "--sample-every",
         type=int,
         default=10,
-        help="1 client in this many records the latency of every push it receives",
+        help="1 client in this many (clients) records the latency of every push it receives",
     )
     g.add_argument("--timeout", type=float, default=300.0, help="bound of each phase (seconds)")
     g.add_argument(
-        "--stall", type=float, default=5.0, help="end a phase after this long without deliveries"
+        "--stall", type=float, default=5.0, help="seconds without deliveries that end a phase"
     )
     g.add_argument(
         "--profile",
@@ -87,9 +88,14 @@ def _parser() -> EnvArgumentParser:
         help="one room, N subscribers over G gateways, one publisher (burst + fixed rate)",
         description="N subscribers in one room, one SDK publisher: burst, then a fixed rate.",
     )
-    f.add_argument("--subscribers", type=int, default=None, help="N (default 1000; smoke 200)")
     f.add_argument(
-        "--messages", type=int, default=None, help="burst size (default 2000; smoke 500)"
+        "--subscribers",
+        type=int,
+        default=None,
+        help="subscribing clients (default 1000; smoke 200)",
+    )
+    f.add_argument(
+        "--messages", type=int, default=None, help="messages in the burst (default 2000; smoke 500)"
     )
     f.add_argument(
         "--rate",
@@ -110,9 +116,14 @@ def _parser() -> EnvArgumentParser:
         "--min-ratio",
         type=float,
         default=2.0,
-        help="smoke floor of roomcast/baseline delivered msgs/s in the burst",
+        help="smoke floor of the ratio roomcast/baseline of delivered messages/s in the burst",
     )
-    f.add_argument("--window", type=int, default=256, help="SDK broadcasts in flight (burst)")
+    f.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="SDK broadcasts (messages) in flight during the burst",
+    )
 
     c = sub.add_parser(
         "consistency",
@@ -120,7 +131,7 @@ def _parser() -> EnvArgumentParser:
         help="SDK join from one process, broadcast from another: %% received",
         description="K times: join a socket on gateway B (SDK process 1), broadcast (process 2).",
     )
-    c.add_argument("--iterations", type=int, default=1000, help="K")
+    c.add_argument("--iterations", type=int, default=1000, help="runs of join + broadcast (count)")
 
     m = sub.add_parser(
         "memory",
@@ -129,7 +140,9 @@ def _parser() -> EnvArgumentParser:
         description="RSS per idle connection on one gateway at each count.",
     )
     m.add_argument(
-        "--connections", default="1000,5000,10000", help="comma-separated connection counts"
+        "--connections",
+        default="1000,5000,10000",
+        help="comma-separated counts of idle connections to measure at",
     )
     m.add_argument(
         "--baseline", action="store_true", help="also measure the plain Tornado baseline"
@@ -141,11 +154,33 @@ def _parser() -> EnvArgumentParser:
         help="many small rooms: personal room + group per socket, broadcasts to groups",
         description="S sockets, each in a personal room and a group; publisher -> groups.",
     )
-    r.add_argument("--sockets", type=int, default=10000, help="S")
+    r.add_argument("--sockets", type=int, default=10000, help="connected sockets (count)")
     r.add_argument("--group-size", type=int, default=10, help="sockets per group")
-    r.add_argument("--messages", type=int, default=20000, help="burst size")
-    r.add_argument("--rate", type=float, default=None, help="messages/s (default: burst max / 2)")
+    r.add_argument("--messages", type=int, default=20000, help="messages in the burst")
+    r.add_argument(
+        "--rate", type=float, default=None, help="messages per second (default: burst max / 2)"
+    )
     r.add_argument("--duration", type=float, default=5.0, help="fixed-rate run seconds (0 skips)")
+
+    ro = sub.add_parser(
+        "router",
+        parents=[common],
+        help="the router process alone under a publish flood (raw ZeroMQ peers)",
+        description=(
+            "A router process with stand-in gateways and a publisher on raw ZeroMQ: "
+            "publishes/s at saturation and router CPU per publish, per number of targets."
+        ),
+    )
+    ro.add_argument(
+        "--targets", default="1,2,10", help="target gateways per publish (comma-separated list)"
+    )
+    ro.add_argument(
+        "--publishes", type=int, default=100_000, help="messages published in the burst"
+    )
+    ro.add_argument("--rate", type=float, default=2000.0, help="steady rate (publishes per second)")
+    ro.add_argument(
+        "--duration", type=float, default=5.0, help="steady-rate run (seconds; 0 skips it)"
+    )
 
     k = sub.add_parser(
         "connect",
@@ -153,7 +188,7 @@ def _parser() -> EnvArgumentParser:
         help="avalanche of N connects + joins: time to joined",
         description="N clients connect at once and join a room; time from connect to joined.",
     )
-    k.add_argument("--clients", type=int, default=2000, help="N")
+    k.add_argument("--clients", type=int, default=2000, help="clients connecting at once (count)")
 
     fo = sub.add_parser(
         "failover",
@@ -166,12 +201,15 @@ def _parser() -> EnvArgumentParser:
         ),
     )
     d = FailoverOptions()
-    fo.add_argument("--clients", type=int, default=d.clients, help="N (in this process)")
+    fo.add_argument("--clients", type=int, default=d.clients, help="clients (in this process)")
     fo.add_argument("--rate", type=float, default=d.rate, help="broadcasts per second")
     fo.add_argument("--before", type=float, default=d.before_s, help="seconds before the kill")
     fo.add_argument("--after", type=float, default=d.after_s, help="seconds after the kill")
     fo.add_argument(
-        "--peer-timeout", type=float, default=d.peer_timeout_s, help="the routers' (seconds)"
+        "--peer-timeout",
+        type=float,
+        default=d.peer_timeout_s,
+        help="the routers' --peer-timeout (seconds)",
     )
     fo.add_argument(
         "--heartbeat-interval",
@@ -179,7 +217,9 @@ def _parser() -> EnvArgumentParser:
         default=d.heartbeat_s,
         help="routers' and gateways' (seconds)",
     )
-    fo.add_argument("--runs", type=int, default=d.runs, help="kill -9 this many times (fresh)")
+    fo.add_argument(
+        "--runs", type=int, default=d.runs, help="runs (count): kill -9 this many times"
+    )
     fo.add_argument(
         "--no-restart",
         action="store_true",
@@ -198,6 +238,13 @@ def _check(parser: EnvArgumentParser, ns: Any) -> None:
             ns.connections = _levels(ns.connections)
         except ValueError as exc:
             parser.error(f"--connections: {exc}")
+    if ns.scenario == "router":
+        try:
+            _levels(ns.targets)
+        except ValueError as exc:
+            parser.error(f"--targets: {exc}")
+        if ns.publishes < 1 or ns.rate < 0 or ns.duration < 0:
+            parser.error("--publishes must be >= 1, --rate and --duration >= 0")
     if ns.scenario == "consistency" and ns.iterations < 1:
         parser.error("--iterations must be at least 1")
     if ns.scenario == "connect" and ns.clients < 1:
@@ -250,6 +297,14 @@ async def _scenario(
         return await run_rooms(
             opts, ns.sockets, ns.group_size, ns.messages, ns.rate, ns.duration, progress, logs, prof
         )
+    if ns.scenario == "router":
+        ro = RouterOptions(
+            targets=tuple(_levels(ns.targets)),
+            publishes=ns.publishes,
+            rate=ns.rate,
+            duration_s=ns.duration,
+        )
+        return await run_router(opts, ro, progress, logs, prof)
     if ns.scenario == "failover":
         fo = FailoverOptions(
             clients=ns.clients,

@@ -2,7 +2,7 @@
 
 * consistency: one socket on gateway B; K times, SDK process 1 joins it to a fresh room and, as
   soon as that join returned, SDK process 2 broadcasts to the room (the bench relays between
-  them); the percentage of the K broadcasts the socket received (DESIGN.md §5.1: must be 100).
+  them); the percentage of the K broadcasts the socket received (architecture §5.1: must be 100).
 * memory: RSS of one gateway per idle connection, (RSS at N - RSS before) / N, cumulatively at
   each requested N (and of the baseline the same way, with ``--baseline``: Tornado's floor).
 * rooms: S sockets, each joining a personal room and a group of ``--group-size``; a publisher

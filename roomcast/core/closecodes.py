@@ -1,14 +1,15 @@
-"""WebSocket close codes used by gateways (contract: DESIGN.md §4).
+"""WebSocket close codes used by gateways (contract: architecture §4).
 
 The 4000 range is ours. ``reconnect_policy`` tells a client what to do: 1001/4001/4002 mean
-"reconnect (elsewhere) now", 4003 "back off", 1008/1009 "fix the client, do not retry as is".
+"reconnect (elsewhere) now", 4003 and 1011 "back off", 1008/1009 "fix the client, do not retry as
+is". ``is_final`` says which closes must also stop a library's automatic reconnection.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["CloseCode", "reconnect_policy"]
+__all__ = ["CloseCode", "is_final", "reconnect_policy"]
 
 
 class CloseCode(enum.IntEnum):
@@ -28,3 +29,15 @@ def reconnect_policy(code: int) -> str:
     if code in (CloseCode.ABUSE, CloseCode.INTERNAL_ERROR):
         return "backoff"
     return "never"
+
+
+def is_final(code: int) -> bool:
+    """Whether a close is meant to stop the client's automatic reconnection.
+
+    Only policy, size and abuse closes are: a Socket.IO client gets the namespace DISCONNECT
+    ("41") for them, which its library treats as a deliberate kick. Every other close (drain,
+    slow consumer, router unavailable, internal error, a ping timeout) only closes the
+    transport, as a restarting Socket.IO server does, so that sails.io.js and socket.io-client
+    reconnect by themselves with their default settings.
+    """
+    return reconnect_policy(code) == "never" or code == CloseCode.ABUSE

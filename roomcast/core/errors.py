@@ -14,12 +14,20 @@ maps between them.
   the caller may send it to the other router of the pair), ``Timeout`` (504 timeout),
   ``Conflict`` (409 conflict: a gateway id or socket id that another live peer holds).
 
-Two errors are not for callers to catch as results: ``WireError`` (a peer sent bytes we cannot
-decode: count and drop) and ``StateError`` (our own code misused an object: a bug).
-Messages are lower case and never include payload bytes.
+``StateError`` (500 state_error) is a ``RoomcastError`` too, so ``except RoomcastError`` catches
+everything the SDK raises: it means the calling code misused an object (a call after
+``close()``, a cluster used from another event loop), never that a peer misbehaved.
+``WireError`` is not for callers: a peer sent bytes we cannot decode (count and drop).
+
+Errors that carry data (``NoSuchSocket.socket``, ``PayloadTooLarge.size``/``limit``,
+``TooManyRooms.limit``) put it in :meth:`RoomcastError.as_body` next to ``error`` and
+``message``; :func:`error_from_reply` reads it back, so the fields survive the trip through a
+router or worker reply. Messages are lower case and never include payload bytes.
 """
 
 from __future__ import annotations
+
+import json as _json
 
 __all__ = [
     "ActionFailed",
@@ -49,14 +57,21 @@ class RoomcastError(Exception):
 
     status: int = 500
     code: str = "internal"
+    # Attributes that travel with the error (in as_body(), back through error_from_reply()).
+    fields: tuple[str, ...] = ()
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message if message is not None else self.code.replace("_", " ")
         super().__init__(self.message)
 
-    def as_body(self) -> dict[str, str]:
-        """The JSON error body used on every client-facing surface."""
-        return {"error": self.code, "message": self.message}
+    def as_body(self) -> dict[str, object]:
+        """The JSON error body used on every client-facing surface: code, message, fields."""
+        body: dict[str, object] = {"error": self.code, "message": self.message}
+        for name in self.fields:
+            value = getattr(self, name, None)
+            if value is not None:
+                body[name] = value
+        return body
 
 
 class BadRequest(RoomcastError):
@@ -73,6 +88,7 @@ class Forbidden(RoomcastError):
 
 class NoSuchSocket(RoomcastError):
     status, code = 404, "no_such_socket"
+    fields = ("socket",)
     socket: str | None = None  # class defaults: error_from_reply() bypasses __init__
 
     def __init__(self, message: str | None = None, *, socket: str | None = None) -> None:
@@ -92,6 +108,7 @@ class Conflict(RoomcastError):
 
 class PayloadTooLarge(RoomcastError):
     status, code = 413, "payload_too_large"
+    fields = ("size", "limit")
     size: int = 0
     limit: int = 0
 
@@ -102,6 +119,7 @@ class PayloadTooLarge(RoomcastError):
 
 class TooManyRooms(RoomcastError):
     status, code = 429, "too_many_rooms"
+    fields = ("limit",)
     limit: int = 0
 
     def __init__(self, message: str | None = None, *, limit: int = 0) -> None:
@@ -143,8 +161,10 @@ class WireError(Exception):
     """A peer sent something that is not a valid roomcast frame (remote misbehaviour)."""
 
 
-class StateError(Exception):
+class StateError(RoomcastError):
     """Local misuse of an object (a bug in the calling code, never caused by a peer)."""
+
+    status, code = 500, "state_error"
 
 
 _BY_CODE: dict[str, type[RoomcastError]] = {
@@ -165,12 +185,18 @@ _BY_CODE: dict[str, type[RoomcastError]] = {
         RouterUnavailable,
         RouterPassive,
         Timeout,
+        StateError,
     )
 }
 
 
-def error_from_reply(status: int, code: str, message: str) -> RoomcastError:
-    """Rebuild the typed error a router reply describes (unknown codes keep their status)."""
+def error_from_reply(status: int, code: str, message: str, body: bytes = b"") -> RoomcastError:
+    """Rebuild the typed error a reply describes (unknown codes keep their status).
+
+    ``body`` is the reply's JSON error body (:meth:`RoomcastError.as_body`), when it has one:
+    the error's fields are read back from it; a field of the wrong type is left at its default
+    (the body crossed a process boundary).
+    """
     cls = _BY_CODE.get(code)
     if cls is None:
         err = RoomcastError(message or code or None)
@@ -178,4 +204,15 @@ def error_from_reply(status: int, code: str, message: str) -> RoomcastError:
         return err
     err = cls.__new__(cls)
     RoomcastError.__init__(err, message or None)
+    if cls.fields and body:
+        try:
+            data = _json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict):
+            for name in cls.fields:
+                value, default = data.get(name), getattr(cls, name, None)
+                kind = type(default) if default is not None else str
+                if isinstance(value, kind) and not isinstance(value, bool):
+                    setattr(err, name, value)
     return err

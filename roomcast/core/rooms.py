@@ -1,4 +1,4 @@
-"""Room names and limits (contract: DESIGN.md §3).
+"""Room names and limits (contract: architecture §3).
 
 A room name is 1-256 UTF-8 bytes with no control characters; ``:`` is allowed
 (``sails_model_user_7:user``). Every socket is also in the room named by its own id.

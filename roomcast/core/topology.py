@@ -56,6 +56,7 @@ class _Socket:
     rooms: set[str]
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""  # opaque to the topology: what the gateway said about the requester
 
 
 class Topology:
@@ -103,9 +104,16 @@ class Topology:
     def gateways(self) -> list[str]:
         return list(self._gateways)
 
-    def open_sockets(self, gateway: str, sockets: Iterable[str], users: Sequence[str] = ()) -> None:
+    def open_sockets(
+        self,
+        gateway: str,
+        sockets: Iterable[str],
+        users: Sequence[str] = (),
+        contexts: Sequence[bytes] = (),
+    ) -> None:
         """Register new connections of ``gateway``, each in its own-id room (``users``: their
-        presence identities, in the same order; missing or "" means none).
+        presence identities, ``contexts``: what action workers learn about them, in the same
+        order; missing or empty means none).
 
         All-or-nothing: an id that another gateway holds raises :class:`Conflict` (a peer
         claiming someone else's socket would receive its private messages)."""
@@ -119,7 +127,8 @@ class Topology:
             if sid in self._sockets:
                 self._forget(sid)
             user = users[i] if i < len(users) else ""
-            self._sockets[sid] = _Socket(gateway, set(), user)
+            context = contexts[i] if i < len(contexts) else b""
+            self._sockets[sid] = _Socket(gateway, set(), user, context=context)
             self._user_up(user)
             owned.add(sid)
             self._add(sid, sid)
@@ -139,11 +148,14 @@ class Topology:
         gateway: str,
         sockets: Iterable[tuple[str, Sequence[str]]],
         identities: Mapping[str, tuple[str, bytes]] | None = None,
+        contexts: Mapping[str, bytes] | None = None,
     ) -> int:
         """Apply a gateway's replayed state: sockets with their rooms (invalid rooms dropped)
-        and, in ``identities``, the presence identity and metadata of those that have one.
-        Returns how many sockets were refused because another gateway holds their id."""
+        and, in ``identities``, the presence identity and metadata of those that have one (in
+        ``contexts``, their requester contexts). Returns how many sockets were refused because
+        another gateway holds their id."""
         identities = identities or {}
+        contexts = contexts or {}
         refused = 0
         for sid, rooms in sockets:
             user, meta = identities.get(sid, ("", b""))
@@ -151,7 +163,7 @@ class Topology:
             if owner is not None and owner.gateway != gateway:
                 refused += 1
                 continue
-            self.open_sockets(gateway, (sid,), (user,))
+            self.open_sockets(gateway, (sid,), (user,), (contexts.get(sid, b""),))
             entry = self._sockets[sid]
             entry.meta = meta
             if user and meta:
@@ -238,6 +250,15 @@ class Topology:
         if user and meta:
             self._user_meta[user] = meta
         return entry.gateway
+
+    def set_context(self, socket: str, context: bytes) -> None:
+        """Replace what action workers learn about a socket's requester (its gateway's word)."""
+        self._entry(socket).context = context
+
+    def requester(self, socket: str) -> tuple[str, str, bytes] | None:
+        """(gateway, user, context) of a socket, or None when it is not registered."""
+        entry = self._sockets.get(socket)
+        return None if entry is None else (entry.gateway, entry.user, entry.context)
 
     def track(self, room: str, enabled: bool) -> None:
         """Flag a room for presence transitions, whether or not it matches ``tracked``."""

@@ -26,9 +26,11 @@ from roomcast.core.pb import roomcast_pb2 as pb
 __all__ = [
     "CLUSTER_TOPIC",
     "PROTOCOL_VERSION",
+    "Bundle",
     "CopyMembers",
     "Deliver",
     "Delivered",
+    "Goodbye",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -67,8 +69,11 @@ __all__ = [
 # major * 100 + minor. A minor bump adds what older peers can ignore (new fields, new request
 # kinds); a major bump is a change they cannot. Peers of another major version are refused at
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
-# 1.2: per-start gateway sessions (routing id), answered gateway heartbeats.
-PROTOCOL_VERSION = 102
+# 1.2: route-aware workers (Hello.routes), the requester's identity on requests (contexts).
+# 2.0: Bundle (a gateway's stream packs a batch's messages into one sequenced message), Goodbye,
+# the router state LEAVING. 2.1: per-start gateway sessions (routing id), answered gateway
+# heartbeats, client joins (Membership.client), bounded recovery answers.
+PROTOCOL_VERSION = 201
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -93,6 +98,7 @@ class RouterState(enum.IntEnum):
     BACKUP = 2
     ACTIVE = 3
     PASSIVE = 4
+    LEAVING = 5
 
 
 class QueryKind(enum.IntEnum):
@@ -111,6 +117,7 @@ class SocketRooms:
     rooms: tuple[str, ...] = ()
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +134,9 @@ class Hello:
     node_id: str = ""
     role: Role = Role.UNSPECIFIED
     protocol_version: int = PROTOCOL_VERSION
+    routes: tuple[str, ...] = ()
+    routes_known: bool = False
+    busy: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,11 +147,20 @@ class Heartbeat:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye:
+    KIND: ClassVar[str] = "goodbye"
+    ref: int = 0
+    node_id: str = ""
+    role: Role = Role.UNSPECIFIED
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SocketOpen:
     KIND: ClassVar[str] = "socket_open"
     ref: int = 0
     sockets: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    contexts: tuple[bytes, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +241,8 @@ class Request:
     url: str = ""
     headers: bytes = b"{}"
     data: bytes = b"null"
+    user: str = ""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,6 +252,7 @@ class SetPresence:
     socket: str = ""
     user: str = ""
     meta: bytes = b""
+    context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +326,12 @@ class RouterBeat:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Bundle:
+    KIND: ClassVar[str] = "bundle"
+    bodies: tuple[bytes, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reset:
     KIND: ClassVar[str] = "reset"
     epoch: str = ""
@@ -323,6 +351,7 @@ class PeerState:
 Message = (
     Hello
     | Heartbeat
+    | Goodbye
     | SocketOpen
     | SocketClose
     | Membership
@@ -341,6 +370,7 @@ Message = (
     | Deliver
     | RouterBeat
     | Reset
+    | Bundle
     | PeerState
 )
 
@@ -387,12 +417,20 @@ def encode(msg: Message) -> bytes:
     sub.SetInParent()
     for name, how in _PLANS[msg.KIND][1]:
         value = getattr(msg, name)
+        if not value:
+            continue  # the field's default (0, "", b"", False, empty): proto3 omits it anyway
         if how is _LIST:
             getattr(sub, name).extend(value)
         elif how is _ROOMS:
             target = getattr(sub, name)
             for item in value:
-                target.add(socket=item.socket, rooms=item.rooms, user=item.user, meta=item.meta)
+                target.add(
+                    socket=item.socket,
+                    rooms=item.rooms,
+                    user=item.user,
+                    meta=item.meta,
+                    context=item.context,
+                )
         elif how is _OFFSETS:
             target = getattr(sub, name)
             for item in value:
@@ -421,7 +459,13 @@ def decode(data: bytes) -> Message:
             kwargs[name] = tuple(value)
         elif how is _ROOMS:
             kwargs[name] = tuple(
-                SocketRooms(socket=i.socket, rooms=tuple(i.rooms), user=i.user, meta=i.meta)
+                SocketRooms(
+                    socket=i.socket,
+                    rooms=tuple(i.rooms),
+                    user=i.user,
+                    meta=i.meta,
+                    context=i.context,
+                )
                 for i in value
             )
         elif how is _OFFSETS:

@@ -1,6 +1,6 @@
 """Shared pieces of the fuzz tier: case budget, hypothesis settings, raw clients, health checks.
 
-The fuzz tests throw hypothesis-generated garbage at real processes (DESIGN §5.5: bad input
+The fuzz tests throw hypothesis-generated garbage at real processes (architecture §5.5: bad input
 never crashes a process or affects other connections). Each hypothesis example sends a batch
 of 20-50 *cases* (frames, packets, ZeroMQ messages), so the case budget
 ``ROOMCAST_FUZZ_EXAMPLES`` (cases per target, default 10,000) costs only a few hundred

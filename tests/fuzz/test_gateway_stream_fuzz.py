@@ -1,4 +1,4 @@
-"""Fuzz a gateway's SUB stream (DESIGN §5.4-§5.5): whatever comes down, the gateway survives.
+"""Fuzz a gateway's SUB stream (architecture §5.4-§5.5): whatever comes down, the gateway survives.
 
 A real gateway runs against :class:`FakeRouter`, a real ZeroMQ ROUTER + XPUB pair in this
 process that plays the router's part of docs/protocol.md (HelloAck with a fresh sequence,

@@ -1,4 +1,4 @@
-"""Fuzz the router's command socket (DESIGN §5.5, docs/protocol.md): garbage from any peer.
+"""Fuzz the router's command socket (architecture §5.5, docs/protocol.md): garbage from any peer.
 
 Each example connects a raw ZeroMQ DEALER with a drawn routing id (the default, random bytes,
 or a gateway's ``gw:<id>`` with a random or garbage id) and sends a batch of messages: random

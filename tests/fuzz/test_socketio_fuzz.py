@@ -1,4 +1,4 @@
-"""Fuzz ``/socket.io/`` (DESIGN §4, §5.5): random Engine.IO/Socket.IO packets, EIO=3 and 4.
+"""Fuzz ``/socket.io/`` (architecture §4, §5.5): random Engine.IO/Socket.IO packets, EIO=3 and 4.
 
 Packets are drawn from the grammar (Engine.IO type, Socket.IO type, namespace, ack id, JSON
 payload: events named by HTTP methods with random request envelopes, random events, random

@@ -1,4 +1,4 @@
-"""Fuzz ``/ws`` (DESIGN §4, §5.5): malformed frames never crash the gateway or hurt others.
+"""Fuzz ``/ws`` (architecture §4, §5.5): malformed frames never crash the gateway or hurt others.
 
 Each example opens a raw connection and sends a batch of frames: JSON objects shaped like ops
 with random fields, random JSON, random text, deeply nested or huge-number JSON, binary frames,

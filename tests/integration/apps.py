@@ -27,6 +27,8 @@ async def echo(req: Request) -> dict[str, Any]:
         "socket": req.socket,
         "is_socket": req.is_socket,
         "headers": req.headers,
+        "user": req.user,
+        "claims": req.claims,
         "worker": os.getpid(),
     }
 
@@ -101,3 +103,15 @@ async def after_disconnect(req: Request) -> None:
     rooms = req.data.get("rooms", []) if isinstance(req.data, dict) else []
     for room in rooms:
         await req.cluster.sockets.broadcast(room, "gone", {"socket": req.socket})
+
+
+@app.action("POST", "/params/:id")
+def params(req: Request) -> dict[str, Any]:
+    """Sails' req.param() and req.allParams(): path, then body, then query."""
+    return {
+        "id": req.param("id"),
+        "name": req.param("name"),
+        "page": req.param("page"),
+        "missing": req.param("missing", "default"),
+        "all": req.all_params(),
+    }

@@ -4,7 +4,7 @@ Owns: starting ``python -m router`` / ``python -m gateway`` (and helper scripts)
 processes, waiting for their ``READY {json}`` line, stopping them with SIGTERM (exit 0 or the test
 fails), failing on unexpected ERROR/Traceback lines in their stderr logs, a synchronous
 plain-``/ws`` client (:class:`WsClient`) that matches replies to refs and buffers pushes, and a
-Prometheus text parser. It relies only on the public contract (DESIGN.md §3-§6), never on
+Prometheus text parser. It relies only on the public contract (architecture §3-§6), never on
 component internals.
 
 Every wait has a deadline in units of ``tests.conftest.TIMEOUT_UNIT`` (scaled by
@@ -65,7 +65,8 @@ __all__ = [
 REPO = pathlib.Path(__file__).resolve().parents[2]
 T = TIMEOUT_UNIT
 
-# Drain bound passed to every component in tests (seconds); stop() allows drain + 5 s (DESIGN §3).
+# Drain bound passed to every component in tests (seconds); stop() allows drain + 5 s
+# (architecture §3).
 DRAIN_TIMEOUT = 2.0
 
 _R = TypeVar("_R")
@@ -156,9 +157,13 @@ class Proc:
         argv: Sequence[str],
         *,
         stdin: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        program: str | None = None,
     ) -> None:
+        """``program`` (default: this Python) runs with ``argv`` from ``cwd`` (default: the
+        repository)."""
         self.name = name
-        self.argv = [sys.executable, *argv]
+        self.argv = [program or sys.executable, *argv]
         fd, path = tempfile.mkstemp(prefix=f"roomcast-{name}-", suffix=".log")
         os.close(fd)
         self.log_path = pathlib.Path(path)
@@ -170,7 +175,7 @@ class Proc:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            cwd=REPO,
+            cwd=REPO if cwd is None else cwd,
             env=child_env,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -226,10 +231,17 @@ class Proc:
 
     def readline(self, timeout: float) -> str:
         """The next stdout line after READY (helper processes answer on stdout)."""
+        line = self.poll_line(timeout)
+        if line is None:
+            pytest.fail(f"{self.name}: no output line within {timeout:.1f}s\n{self.log_tail()}")
+        return line
+
+    def poll_line(self, timeout: float) -> str | None:
+        """The next stdout line after READY, or None when none came within ``timeout``."""
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            pytest.fail(f"{self.name}: no output line within {timeout:.1f}s\n{self.log_tail()}")
+            return None
         if line is None:
             pytest.fail(f"{self.name}: stdout closed (exit {self.popen.poll()})\n{self.log_tail()}")
         return line
@@ -415,7 +427,7 @@ _LEGACY: dict[str, Any] = (
 
 
 class WsClient:
-    """A plain ``/ws`` client (DESIGN §4) driven synchronously from the test.
+    """A plain ``/ws`` client (architecture §4) driven synchronously from the test.
 
     ``request()`` sends a frame with a fresh ``ref`` and reads until the matching reply, buffering
     pushes (``events``), other replies (``replies``) and ``op: error`` frames (``errors``).
@@ -428,6 +440,7 @@ class WsClient:
         rcvbuf: int | None = None,
         max_queue: int | None = None,
         name: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self.name = name or f"ws{next(_CLIENT_IDS)}"
@@ -447,6 +460,7 @@ class WsClient:
             close_timeout=5 * T,
             ping_interval=None,
             max_queue=max_queue,
+            additional_headers=headers,
             **_LEGACY,
         )
         self._refs = itertools.count(1)

@@ -1,4 +1,4 @@
-"""Actions (DESIGN §4 ``request`` op, §6 actions contract) through real processes.
+"""Actions (architecture §4 ``request`` op, §6 actions contract) through real processes.
 
 A router, gateways and ``roomcast worker`` processes serving ``tests.integration.apps:app`` (and
 ``apps_extra:extra``); plain ``/ws`` clients send ``{"op":"request",...}`` frames and get JWR-like
@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+import websockets
 
 import roomcast
 from roomcast import ActionFailed, NotFound, NoWorker, Response, SyncCluster
@@ -48,6 +50,10 @@ APP = "tests.integration.apps:app"
 EXTRA = "tests.integration.apps_extra:extra"
 # The main cluster's workers give up on a handler after this; its router waits much longer.
 HANDLER_TIMEOUT = 1.0 * T
+# What the harness's WebSocket client (websockets) sends as its handshake User-Agent.
+WS_AGENT = (
+    f"Python/{sys.version_info.major}.{sys.version_info.minor} websockets/{websockets.__version__}"
+)
 REQUEST_TIMEOUT = 10.0 * T
 REPLY_KEYS = {"op", "ref", "statusCode", "body", "headers"}
 
@@ -220,13 +226,15 @@ def test_every_method_round_trips_a_jwr(env: Env, method: str) -> None:
         assert body["params"] == {}
         assert body["socket"] == client.id
         assert body["is_socket"] is True
-        assert body["headers"] == {"x-trace": "t-1"}
+        # The request's own headers over the handshake's (this client sends a User-Agent).
+        assert body["headers"] == {"x-trace": "t-1", "user-agent": WS_AGENT}
 
 
 def test_request_without_data_gives_the_handler_none(env: Env) -> None:
     reply = call(env.ws(1), "GET", "/echo")
     assert reply["statusCode"] == 200, reply
-    assert reply["body"]["data"] is None and reply["body"]["headers"] == {}, reply
+    assert reply["body"]["data"] is None, reply
+    assert reply["body"]["headers"] == {"user-agent": WS_AGENT}, reply
 
 
 def test_path_parameters_land_in_params(env: Env) -> None:
@@ -294,6 +302,9 @@ def test_handler_past_handler_timeout_is_504_from_the_worker(env: Env, url: str)
     name = "roomcast_router_requests_answered_total"
     assert after.get(name, status="5xx") - before.get(name, status="5xx") == 1
     assert after.get(name, status="timeout") == before.get(name, status="timeout")
+    # The client sees only 504: the worker's log says which action was too slow.
+    line = f"action POST {url} timed out after {HANDLER_TIMEOUT:g} s"
+    deadline_poll(lambda: any(line in w.log_text() for w in env.workers), 5 * T, message=repr(line))
     assert call(client, "GET", "/echo")["statusCode"] == 200
 
 
@@ -374,7 +385,8 @@ def test_sync_sdk_request_returns_a_response(env: Env, sdk: SyncCluster) -> None
     assert resp.status == 200
     assert resp.body["method"] == "GET" and resp.body["socket"] == client.id
     assert resp.body["data"] == {"from": "sdk"} and resp.body["params"] == {"q": "1"}
-    assert resp.body["headers"] == {"x-sdk": "1"}
+    # On behalf of a socket: its handshake headers under the ones given.
+    assert resp.body["headers"] == {"x-sdk": "1", "user-agent": WS_AGENT}
     # An action's own status is a Response; routing failures raise typed errors.
     teapot = sdk.request(client.id, "POST", "/status/418")
     assert (teapot.status, teapot.body) == (418, {"asked": "418"})
@@ -651,3 +663,15 @@ def test_frozen_worker_is_expired_after_worker_timeout_and_then_never_used() -> 
     os.kill(frozen.popen.pid, signal.SIGCONT)
     env.wait_workers(2)
     env.stop()
+
+
+def test_param_and_all_params_merge_path_body_and_query_like_sails(env: Env) -> None:
+    reply = call(env.ws(0), "POST", "/params/7?id=q&page=2&name=q", {"id": "b", "name": "ada"})
+    assert reply["statusCode"] == 200, reply
+    assert reply["body"] == {
+        "id": "7",
+        "name": "ada",
+        "page": "2",
+        "missing": "default",
+        "all": {"id": "7", "name": "ada", "page": "2"},
+    }, reply

@@ -9,7 +9,7 @@ One router (``--max-rooms-per-socket 5``) and three production gateways serve th
 * ``limited``: ``--max-frames-per-second 5 --frame-burst 5 --abuse-strikes 20``, the HS256
   secret and ``--allow-anonymous yes``.
 
-Every rejection asserts its exact HTTP status or close code (DESIGN §4: 1008 auth and origin,
+Every rejection asserts its exact HTTP status or close code (architecture §4: 1008 auth and origin,
 1009 too big, 4003 abuse; 403 and 503 before the upgrade), the metric that counts it, and that
 another connection on the same gateway still receives a broadcast afterwards. Tokens are real
 JWTs signed here. The production guard runs its own short-lived gateways.

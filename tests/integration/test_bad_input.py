@@ -1,4 +1,4 @@
-"""Bad input (DESIGN §4, §5 guarantee 5): each gets its documented error reply or close code, and
+"""Bad input (architecture §4, §5.5): each gets its documented error reply or close code, and
 never affects other connections: a bystander in the same room (on the other gateway) keeps
 receiving afterwards, and so does the offender when its connection is kept."""
 

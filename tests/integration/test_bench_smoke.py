@@ -24,22 +24,26 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 _BAD = re.compile(r"Traceback \(most recent call last\)|\bERROR\b")
 
 
-@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
-def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path) -> None:
-    out = tmp_path / "smoke.json"
-    # Our own flags only: ROOMCAST_* variables would reach the bench (and its servers) as flags.
+def _bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``roomcast bench ARGS`` as a user runs it, with our own flags only: ROOMCAST_* variables
+    would reach the bench (and its servers) as flags."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-    argv = [sys.executable, "-m", "roomcast.cli", "bench", "fanout", "--smoke", "--out", str(out)]
-    proc = subprocess.run(
-        argv,
+    return subprocess.run(
+        [sys.executable, "-m", "roomcast.cli", "bench", *args],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=360 * TIMEOUT_UNIT,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
+def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = _bench(["fanout", "--smoke", "--out", str(out)], 360 * TIMEOUT_UNIT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
     assert not _BAD.search(proc.stderr), proc.stderr[-4000:]
     assert proc.stdout == ""  # the document went to --out
@@ -65,3 +69,24 @@ def test_fanout_smoke_loses_nothing_and_reports_the_ratio(tmp_path: pathlib.Path
     # Servers log at WARNING in the bench; an ERROR or a traceback in any child is a bug.
     notable = [line for lines in doc["log_warnings"].values() for line in lines]
     assert not [line for line in notable if _BAD.search(line)], notable
+
+
+@pytest.mark.timeout(int(120 * TIMEOUT_FACTOR))
+def test_bench_router_runs_and_loses_nothing(tmp_path: pathlib.Path) -> None:
+    """``roomcast bench router`` at a small size: every publish answered and delivered to every
+    stand-in gateway, the figures present, the router's log clean. No rate is asserted."""
+    out = tmp_path / "router.json"
+    flags = ["--targets", "1,3", "--publishes", "2000", "--rate", "500", "--duration", "1"]
+    proc = _bench(["router", *flags, "--quiet", "--out", str(out)], 100 * TIMEOUT_UNIT)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    runs = doc["results"]["runs"]
+    assert [run["targets"] for run in runs] == [1, 3]
+    for run in runs:
+        for phase, count in (("burst", 2000), ("steady", 500)):
+            figures = run[phase]
+            assert figures["publishes"] == count and figures["replies"] == count, figures
+            assert figures["lost_deliveries"] == 0, figures
+            assert figures["publishes_per_s"] > 0 and figures["router_cpu_us_per_publish"] > 0
+    assert doc["results"]["exit_codes"] == {"router": 0}
+    assert not doc["log_warnings"], doc["log_warnings"]

@@ -20,345 +20,36 @@ fault tests' (default ``<tmp>/roomcast-failover-figures.json``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 
-from roomcast import Cluster as SdkCluster
 from roomcast import SyncCluster
 from tests.conftest import TIMEOUT_FACTOR, deadline_poll
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.integration.harness import (
-    DRAIN_TIMEOUT,
     REPO,
     Event,
-    Gateway,
-    Metrics,
-    Proc,
-    WsClient,
     fresh_room,
-    http_get,
-    run_all,
 )
-
-HEARTBEAT = 0.5
-GATEWAY_TIMEOUT = 2.0
-ROUTER_TIMEOUT = 2.0
-PEER_TIMEOUT = 1.0
-PEER_INTERVAL = PEER_TIMEOUT / 4
-ROUTER_FLAGS = (
-    "--heartbeat-interval", str(HEARTBEAT),
-    "--gateway-timeout", str(GATEWAY_TIMEOUT),
-    "--peer-timeout", str(PEER_TIMEOUT),
-    "--worker-timeout", "3",
-)  # fmt: skip
-GATEWAY_FLAGS = (
-    "--heartbeat-interval", str(HEARTBEAT),
-    "--router-timeout", str(ROUTER_TIMEOUT),
-)  # fmt: skip
-APP = "tests.integration.apps:app"
-CLIENTS_PER_GATEWAY = 3
-PUBLISH_INTERVAL = 0.01
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def _router(
-    name: str,
-    role: str,
-    *,
-    commands: str = "tcp://127.0.0.1:0",
-    fanout: str = "tcp://127.0.0.1:0",
-    http_port: int = 0,
-    peer: tuple[str, str] = ("", ""),
-) -> Proc:
-    bind, connect = peer
-    argv = [
-        "-m", "router", "--role", role,
-        "--commands", commands, "--fanout", fanout, "--http-port", str(http_port),
-        "--drain-timeout", str(DRAIN_TIMEOUT), *ROUTER_FLAGS,
-    ]  # fmt: skip
-    if bind:
-        argv += ["--peer-bind", bind]
-    if connect:
-        argv += ["--peer-connect", connect]
-    proc = Proc(name, argv)
-    proc.wait_ready()
-    return proc
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-def _ready(proc: Proc) -> int:
-    return http_get(proc.info["http"] + "/readyz", timeout=2 * T)[0]
-
-
-def _metrics(url: str) -> Metrics:
-    status, text = http_get(url + "/metrics")
-    assert status == 200, text[:200]
-    return Metrics(text)
-
-
-class Pair:
-    """A primary and a backup router, gateways given both, and optionally a worker."""
-
-    def __init__(self, *, gateways: int, worker: bool, link_proxy: bool = False) -> None:
-        self.procs: list[Proc] = []
-        self.proxy: LinkProxy | None = None
-        self.clients: list[WsClient] = []
-        try:
-            self.primary = self._add(_router("primary", "primary", peer=("tcp://127.0.0.1:0", "")))
-            peer = self.primary.info["peer"]
-            if link_proxy:
-                self.proxy = LinkProxy(_port(peer))
-                peer = f"tcp://127.0.0.1:{self.proxy.port}"
-            self.backup = self._add(_router("backup", "backup", peer=("", peer)))
-            deadline_poll(
-                lambda: _ready(self.primary) == 200 and _ready(self.backup) == 503,
-                10 * T,
-                message="primary active and backup passive",
-            )
-            self.gateways = [self._gateway(i) for i in range(gateways)]
-            self.worker = None
-            if worker:
-                argv = ["-m", "roomcast.cli", "worker", APP, "--router", self.commands]
-                argv += ["--heartbeat-interval", str(HEARTBEAT)]
-                self.worker = self._add(Proc("worker", argv))
-                self.worker.wait_ready()
-                for router in (self.primary, self.backup):  # workers register with both
-                    deadline_poll(
-                        lambda r=router: self.router_metrics(r).get("roomcast_router_workers") == 1,
-                        10 * T,
-                        message=f"{router.name} to know the worker",
-                    )
-        except BaseException:
-            self.kill()
-            raise
-
-    def _add(self, proc: Proc) -> Proc:
-        self.procs.append(proc)
-        return proc
-
-    def _gateway(self, i: int) -> Gateway:
-        fanouts = f"{self.primary.info['fanout']},{self.backup.info['fanout']}"
-        argv = [
-            "-m", "gateway", "--router", self.commands, "--fanout", fanouts,
-            "--host", "127.0.0.1", "--port", "0", "--internal-port", "0",
-            "--env", "development", "--drain-timeout", str(DRAIN_TIMEOUT), *GATEWAY_FLAGS,
-        ]  # fmt: skip
-        proc = self._add(Proc(f"gateway{i}", argv))
-        info = proc.wait_ready()
-        return Gateway(proc, info["public"], info["internal"])
-
-    @property
-    def commands(self) -> str:
-        """What the SDK, gateways and workers are given: both routers, primary first."""
-        return f"{self.primary.info['commands']},{self.backup.info['commands']}"
-
-    def router_metrics(self, router: Proc) -> Metrics:
-        return _metrics(router.info["http"])
-
-    def gateway_metrics(self, i: int) -> Metrics:
-        return _metrics(self.gateways[i].internal)
-
-    def switches(self) -> float:
-        """How often the gateways turned from one router to the other, all told."""
-        name = "roomcast_gateway_router_switches_total"
-        return sum(self.gateway_metrics(i).get(name) for i in range(len(self.gateways)))
-
-    def gateways_ready(self) -> bool:
-        return all(http_get(g.internal + "/readyz")[0] == 200 for g in self.gateways)
-
-    def ws(self, gateway: int) -> WsClient:
-        client = WsClient(self.gateways[gateway].ws_url)
-        self.clients.append(client)
-        return client
-
-    def restart_primary(self) -> None:
-        """The primary again, on the same addresses (gateways and SDK know only those)."""
-        info = self.primary.info
-        self.primary = self._add(
-            _router(
-                "primary-restarted",
-                "primary",
-                commands=info["commands"],
-                fanout=info["fanout"],
-                http_port=_port(info["http"]),
-                peer=(info["peer"], ""),
-            )
-        )
-
-    def stop(self) -> None:
-        for client in self.clients:
-            client.close()
-        order = [p for p in self.procs if p.name.startswith(("gateway", "worker"))]
-        order += [p for p in self.procs if p not in order]
-        live = [p for p in order if p.returncode is None]  # not killed by the test
-        try:
-            run_all(check for proc in live for check in (proc.stop, proc.check_log))
-        finally:
-            if self.proxy is not None:
-                self.proxy.close()
-
-    def kill(self) -> None:
-        for client in self.clients:
-            client.close()
-        for proc in self.procs:
-            proc.kill()
-        if self.proxy is not None:
-            self.proxy.close()
-
-
-class LinkProxy:
-    """A TCP forwarder on the router-router link only: :meth:`cut` breaks it, :meth:`heal`."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._server.getsockname()[1]
-        self._accepting(self._server)
-
-    def _accepting(self, server: socket.socket) -> None:
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                down, _ = server.accept()
-            except OSError:
-                return  # cut: the listening socket is shut down
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=5 * T)
-            except OSError:
-                down.close()
-                continue
-            up.settimeout(None)
-            with self._lock:
-                if server.fileno() == -1:  # cut meanwhile: this pair never joins the link
-                    down.close()
-                    up.close()
-                    return
-                self._conns += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self._lock:
-            with contextlib.suppress(OSError):
-                self._server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (Linux)
-            self._server.close()
-            conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def heal(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR
-        self._accepting(self._server)
-
-    def close(self) -> None:
-        self.cut()
-
-
-# --- load ------------------------------------------------------------------------------------
-
-
-class Recorder(threading.Thread):
-    """Reads one client's pushes (its TCP window never closes) and stamps each on arrival."""
-
-    def __init__(self, client: WsClient) -> None:
-        super().__init__(name=f"record {client.name}", daemon=True)
-        self.client = client
-        self.got: list[tuple[float, Event]] = []
-        self.problem: str | None = None
-        self._halt = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        client = self.client
-        try:
-            while not self._halt.is_set():
-                if not client.events:
-                    client._pump(0.02)
-                while client.events:
-                    self.got.append((time.monotonic(), client.events.popleft()))
-        except ConnectionClosed as exc:
-            self.problem = f"connection closed ({exc.rcvd.code if exc.rcvd else None})"
-
-    def finish(self) -> list[tuple[float, Event]]:
-        self._halt.set()
-        self.join(5 * T)
-        assert not self.is_alive(), f"{self.client.name}: recorder stuck"
-        assert self.problem is None, f"{self.client.name}: {self.problem}"
-        return self.got
-
-
-class Publisher(threading.Thread):
-    """An SDK publisher (both routers in its url) broadcasting seq-numbered ticks at a fixed
-    rate without waiting for each reply, so a reply held up by the failover delays nothing."""
-
-    def __init__(self, url: str, room: str) -> None:
-        super().__init__(name="publisher", daemon=True)
-        self.url, self.room = url, room
-        self.sent_at: list[float] = []
-        self.outcome: dict[int, str] = {}  # seq -> "ok:<gateways>" or the exception's name
-        self._halt = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        async with SdkCluster(self.url, timeout=3 * T, connect_timeout=10 * T) as cluster:
-            tasks = []
-            while not self._halt.is_set():
-                seq = len(self.sent_at)
-                self.sent_at.append(time.monotonic())
-                coro = cluster.sockets.broadcast(self.room, "tick", {"s": seq})
-                tasks.append(asyncio.ensure_future(self._one(seq, coro)))
-                await asyncio.sleep(PUBLISH_INTERVAL)
-            await asyncio.gather(*tasks)
-
-    async def _one(self, seq: int, coro: Any) -> None:
-        try:
-            self.outcome[seq] = f"ok:{await coro}"
-        except Exception as exc:  # recorded: the test judges
-            self.outcome[seq] = type(exc).__name__
-
-    def finish(self) -> None:
-        self._halt.set()
-        self.join(30 * T)
-        assert not self.is_alive(), "publisher stuck"
+from tests.integration.routerpair import (
+    CLIENTS_PER_GATEWAY,
+    HEARTBEAT,
+    PEER_TIMEOUT,
+    PUBLISH_INTERVAL,
+    Pair,
+    Publisher,
+    Recorder,
+    ready_status,
+)
 
 
 def _figures(name: str, figures: dict[str, Any]) -> None:
@@ -431,7 +122,7 @@ def test_kill9_primary_fails_over_to_the_backup_and_the_primary_comes_back_passi
     first = deadline_poll(first_after_kill, 20 * T, message="a delivery through the backup")
     deadline_poll(pair.gateways_ready, 20 * T, interval=0.05, message="gateways ready again")
     resynced = time.monotonic()
-    assert _ready(pair.backup) == 200
+    assert ready_status(pair.backup) == 200
     # A second of traffic through the backup, then stop and account.
     more = len(publisher.sent_at) + int(1 / PUBLISH_INTERVAL)
     deadline_poll(lambda: len(publisher.sent_at) >= more, 10 * T, message="more ticks")
@@ -497,7 +188,7 @@ def test_kill9_primary_fails_over_to_the_backup_and_the_primary_comes_back_passi
         message="the restarted primary to hear the backup",
     )
     _bounded_never(
-        lambda: _ready(pair.primary) == 200 or _ready(pair.backup) != 200,
+        lambda: ready_status(pair.primary) == 200 or ready_status(pair.backup) != 200,
         4 * PEER_TIMEOUT,
         "the restarted primary served, or the backup stopped serving",
     )
@@ -541,22 +232,26 @@ def test_a_broken_router_link_alone_does_not_fail_over_and_fencing_ends_a_split(
                 assert sdk.sockets.broadcast(room, "during", i) == 1
                 assert client.next_event() == Event("during", i)
         _bounded_never(
-            lambda: _ready(pair.backup) == 200, 3 * PEER_TIMEOUT, "backup served without a vote"
+            lambda: ready_status(pair.backup) == 200,
+            3 * PEER_TIMEOUT,
+            "backup served without a vote",
         )
-        assert _ready(pair.primary) == 200 and pair.gateways_ready()
+        assert ready_status(pair.primary) == 200 and pair.gateways_ready()
 
         # A client that reaches only the backup votes for it: with the link down that makes a
         # second active router (Binary Star's documented weakness)...
         with SyncCluster(pair.backup.info["commands"]) as lonely:
             assert lonely.sockets.count(room) == 0  # the backup knows no gateway
-        assert _ready(pair.backup) == 200
+        assert ready_status(pair.backup) == 200
         # ...which fencing ends as soon as the routers hear each other again: the primary wins.
         healed_at = time.monotonic()
         pair.proxy.heal()
-        deadline_poll(lambda: _ready(pair.backup) == 503, 10 * T, message="backup to step down")
+        deadline_poll(
+            lambda: ready_status(pair.backup) == 503, 10 * T, message="backup to step down"
+        )
         stepped_down = time.monotonic() - healed_at
         assert pair.router_metrics(pair.backup).get("roomcast_router_stepdowns_total") == 1
-        assert _ready(pair.primary) == 200 and pair.gateways_ready()
+        assert ready_status(pair.primary) == 200 and pair.gateways_ready()
         with SyncCluster(pair.commands) as sdk:
             assert sdk.sockets.count(room) == 1
             assert sdk.sockets.broadcast(room, "after", 1) == 1

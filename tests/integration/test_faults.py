@@ -1,6 +1,6 @@
-"""Fault suite (issue 7; DESIGN §5.4, §7): real processes, real /ws clients, measured figures.
+"""Fault suite (issue 7; architecture §5.4, §7): real processes, real /ws clients, measured figures.
 
-Each test breaks a running cluster the way production breaks it and checks what DESIGN §7
+Each test breaks a running cluster the way production breaks it and checks what architecture §7
 promises, then prints what it measured and records it in a JSON file
 (``$ROOMCAST_FAULT_FIGURES``, default ``<tmp>/roomcast-fault-figures.json``; ``pytest -s`` shows
 the printed lines):

@@ -1,4 +1,4 @@
-"""The cluster guarantees of DESIGN §5 under load: acked membership, per-publisher order,
+"""The cluster guarantees of architecture §5 under load: acked membership, per-publisher order,
 no silent loss, and slow consumers cut with 4001 without blocking anyone else."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics stay bounded and well named on live processes (issue 4, DESIGN §8, STYLE 9).
+"""Metrics stay bounded and well named on live processes (issue 4, architecture §8).
 
 * Naming: every family a live router or gateway exposes is ``roomcast_router_*`` /
   ``roomcast_gateway_*``, snake_case, in base units (seconds, bytes), counters end in ``_total``,
@@ -38,7 +38,9 @@ from tests.integration.harness import Cluster, Metrics, http_get, start_cluster
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 # Label names a roomcast metric may carry: small fixed sets of values, each.
-_ALLOWED_LABELS = {"reason", "code", "kind", "status", "op", "operation", "le"}
+# "route": the route patterns action workers announce (app code, capped at 200 values; client
+# paths that match none count as "unmatched").
+_ALLOWED_LABELS = {"reason", "code", "kind", "status", "op", "operation", "route", "le"}
 # Units that are not base units (Prometheus: seconds, bytes), as name words.
 _NON_BASE_UNITS = {
     "ms", "msec", "millis", "milliseconds", "us", "usec", "micros", "microseconds", "ns",

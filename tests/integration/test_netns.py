@@ -1,4 +1,4 @@
-"""Multi-host fault test (issue 7; DESIGN §7): router and gateways on separate network hosts.
+"""Multi-host fault test (issue 7; architecture §7): router and gateways on separate network hosts.
 
 The test builds its own hosts: Linux network namespaces for the router, two gateways and a
 client host, each with one veth into a bridge in a "switch" namespace, addressed in a private

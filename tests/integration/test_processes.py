@@ -1,5 +1,5 @@
-"""Process contract (DESIGN §3, §4, §7): READY lines, health endpoints, metrics, SIGTERM -> exit 0,
-and the SDK's behaviour when the router is not there."""
+"""Process contract (architecture §3, §4, §7): READY lines, health endpoints, metrics,
+SIGTERM -> exit 0, and the SDK's behaviour when the router is not there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real Prometheus server scrapes a real cluster (issue 4, DESIGN §8).
+"""A real Prometheus server scrapes a real cluster (issue 4, architecture §8).
 
 Debian's ``prometheus`` (installed by ``scripts/bootstrap test``, its system service never
 started) runs as a child of the test on a free loopback port, with a temporary data directory and

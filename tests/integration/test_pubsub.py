@@ -1,4 +1,4 @@
-"""Resourceful PubSub (DESIGN §5, issue 3) against Sails' exact room names and payloads.
+"""Resourceful PubSub (architecture §5, issue 3) against Sails' exact room names and payloads.
 
 Real router + two gateways (the session's shared cluster); plain ``/ws`` clients on both
 gateways; the model API driven through both SDK flavours — ``roomcast.Cluster.model`` (asyncio,

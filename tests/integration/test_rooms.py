@@ -1,4 +1,4 @@
-"""Rooms across two gateways: the sails.sockets operations of DESIGN §5 through the SDK and /ws.
+"""Rooms across two gateways: the sails.sockets operations (architecture §5) via the SDK and /ws.
 
 Negative checks use a marker, not a wait: after the broadcast that must not arrive, the same
 publisher sends a marker to the socket's own id room; by per-publisher order (guarantee 2) the

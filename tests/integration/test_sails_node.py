@@ -278,8 +278,10 @@ def test_client_disconnect_fails_pending_callbacks(js: NodeDriver, sc: SailsClus
 
 
 def test_gateway_drain_fails_pending_callbacks(js: NodeDriver, sc: SailsCluster) -> None:
-    """A server-side disconnect (the gateway drains on SIGTERM) fails in-flight requests too;
-    the Socket.IO disconnect packet before the close makes it an 'io server disconnect'."""
+    """A server-side disconnect (the gateway drains on SIGTERM) fails in-flight requests too.
+    The drain closes the transport without Socket.IO's disconnect packet, as a restarting
+    Socket.IO server does: a 'transport close', which the client's reconnection acts on (an
+    'io server disconnect' would stop it for good; test_rolling_deploy.py reconnects)."""
     gateway, public = extra_gateway(sc, "gateway-drained")
     client, _ = js.sails(public)
     assert echo_socket(js, client)
@@ -287,7 +289,7 @@ def test_gateway_drain_fails_pending_callbacks(js: NodeDriver, sc: SailsCluster)
     gateway.stop()  # SIGTERM: drains, exits 0
     gateway.check_log()
     assert_failed_by_disconnect(js.response(rid))
-    assert js.seen(client, "disconnect")["reason"] == "io server disconnect"
+    assert js.seen(client, "disconnect")["reason"] == "transport close"
 
 
 # ------------------------------------------------------------------------------ the handshake

@@ -214,7 +214,17 @@ class NodeDriver:
     # --------------------------------------------------------------- plumbing
 
     def _pull(self, timeout: float) -> None:
-        line = self.proc.readline(timeout)
+        self._take(self.proc.readline(timeout))
+
+    def pull_for(self, seconds: float) -> None:
+        """Buffer whatever the driver prints within ``seconds`` (silence is no failure)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            line = self.proc.poll_line(remaining)
+            if line is not None:
+                self._take(line)
+
+    def _take(self, line: str) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
@@ -326,14 +336,21 @@ class NodeDriver:
         listen: Sequence[str] = (),
         requests: Sequence[dict[str, Any]] = (),
         query: str | None = None,
+        headers: dict[str, str] | None = None,
         wait: bool = True,
+        reconnect: bool = False,
+        rejoin: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """``io.sails.connect(url)``; returns the client name and the command's reply (which
-        says which of ``requests``, made before connecting, sails.io.js queued)."""
+        says which of ``requests``, made before connecting, sails.io.js queued). ``reconnect``
+        and ``rejoin``: see tests/js/sails_client.js."""
         name = self.client_name("sails")
         fields: dict[str, Any] = {"client": name, "url": url, "listen": list(listen)}
+        fields.update(reconnect=reconnect, rejoin=rejoin)
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
         if requests:
             fields["requests"] = [{"id": self.next_id(), **r} for r in requests]
         reply = self.call("sails", **fields)
@@ -375,15 +392,24 @@ class NodeDriver:
         url: str,
         *,
         query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: dict[str, str] | None = None,
         listen: Sequence[str] = (),
         wait: bool = True,
+        reconnect: bool = False,
+        rejoin: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
         """A raw socket.io-client ``version``.x socket; returns its name and (once connected)
-        its socket id."""
+        its socket id. ``reconnect`` and ``rejoin``: see tests/js/sails_client.js."""
         name = self.client_name(f"sio{version}-")
         fields: dict[str, Any] = {"client": name, "version": version, "url": url}
+        fields.update(reconnect=reconnect, rejoin=rejoin)
         if query is not None:
             fields["query"] = query
+        if headers is not None:
+            fields["headers"] = headers
+        if auth is not None:
+            fields["auth"] = auth
         fields["listen"] = list(listen)
         self.call("sio", **fields)
         sid = None

@@ -1,4 +1,4 @@
-"""Gateways come and go under traffic (issue 4, DESIGN §4 close codes, §7 shutdown).
+"""Gateways come and go under traffic (issue 4, architecture §4 close codes, §7 shutdown).
 
 Real processes throughout: a router, gateways, an SDK publisher in a thread and plain ``/ws``
 clients that follow the client flow a load-balanced deployment relies on -- on a reconnect close
@@ -15,8 +15,8 @@ and re-join the rooms you were in. The gateway does not move anyone: the client 
   200 again), new connections are refused, clients get 1001 and re-join on the other gateway.
 
 Loss accounting: a client gets every message published after its join was acknowledged
-(DESIGN §5, acked membership), in order, until its connection closes. Messages published while a
-client is between gateways are not for it: that gap is the reconnect, not a loss.
+(architecture §5.1, acked membership), in order, until its connection closes. Messages published
+while a client is between gateways are not for it: that gap is the reconnect, not a loss.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.integration.harness import (
     start_cluster,
 )
 
-# DESIGN §4: the close codes after which a client reconnects (to another gateway).
+# architecture §4: the close codes after which a client reconnects (to another gateway).
 RECONNECT_CODES = frozenset({1001, 4001, 4002})
 EVENT = "tick"
 
@@ -527,7 +527,7 @@ def test_sigterm_readiness_fails_first_then_clients_rejoin_on_the_other_gateway(
             for i in range(len(clients)):
                 sdk.sockets.broadcast(own[i], "after", {"own": i})
             for i, client in enumerate(clients):
-                # One publisher: its two broadcasts arrive in order (DESIGN §5.2).
+                # One publisher: its two broadcasts arrive in order (architecture §5.2).
                 got = [client.ws.next_event(), client.ws.next_event()]
                 assert got == [("after", {"n": 1}), ("after", {"own": i})], got
             assert watcher.next_event() == ("after", {"n": 1})

@@ -1,6 +1,6 @@
 """Bad input on ``/socket.io/``, sent as raw Engine.IO/Socket.IO text packets (EIO=4 and EIO=3).
 
-Documented outcomes (gateway/sio_handler.py, DESIGN §4-§5):
+Documented outcomes (gateway/sio_handler.py, architecture §4-§5):
 
 * a packet that does not parse (malformed JSON, unknown Engine.IO or Socket.IO packet type,
   binary packets and frames) drops the client: a ``41`` disconnect packet, then close 1008;

@@ -11,11 +11,20 @@
 // Library logging goes to stderr, never stdout. Exits 0 on SIGTERM or when stdin closes.
 //
 // Commands (every one carries "id"; "client" names a socket the driver holds):
-//   {"op": "sails", "client", "url", "query"?, "listen"?: [event], "requests"?: [request]}
+//   {"op": "sails", "client", "url", "query"?, "headers"?, "listen"?: [event], "requests"?: [request]}
 //       io.sails.connect(url): the listeners are bound and the requests made before the socket
 //       has connected (sails.io.js queues them); each queued request answers with its own "id".
-//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "listen"?: [event]}
+//   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "auth"?, "listen"?: [event]}
 //       a raw socket.io-client socket, websocket transport only, no reconnection.
+//   Both take "reconnect": true to keep the library's own reconnection with its default
+//   settings (sails.io.js: `reconnection: true`, as a Sails app sets it), and "rejoin":
+//   {"url", "data", "room"?} to make that virtual POST on every connect, as an app's connect
+//   handler does (a reconnected socket is a new socket, in no room). With "room", a client
+//   that saw that room's history position recovers what it missed from there once re-joined
+//   (the roomcast:recover event). Reports: "reconnect_attempt", "rejoined" {sid, status},
+//   "recovered" {body}; every report of such a client carries "at" (ms since the epoch).
+//   "headers": sent with the WebSocket handshake (sails.io.js: initialConnectionHeaders;
+//   socket.io-client: extraHeaders), as a Node client can (a browser sends its cookie itself).
 //   {"op": "request", "client", "via": "get"|"post"|"put"|"patch"|"delete"|"request",
 //    "method"?, "url", "data"?, "headers"?}        (sails sockets)
 //   {"op": "emit", "client", "event", "args": [...], "ack": bool}       (raw sockets)
@@ -48,7 +57,15 @@ function version(pkg) {
 const clients = new Map(); // name -> {kind: "sails" | "sio", socket, raw}
 
 function report(client, type, extra) {
-  write(Object.assign({ client, type }, extra || {}));
+  const stamped = clients.has(client) && clients.get(client).stamped ? { at: Date.now() } : {};
+  write(Object.assign({ client, type }, stamped, extra || {}));
+}
+
+// History positions ride as an extra last argument: {"roomcast": {"history": {room: pos}}}.
+function notePosition(entry, room, args) {
+  const last = args[args.length - 1];
+  const pos = last && last.roomcast && last.roomcast.history && last.roomcast.history[room];
+  if (pos) entry.position = { epoch: pos.epoch, offset: pos.offset };
 }
 
 // What a callback got, in JSON: an Error becomes {error: message}.
@@ -101,25 +118,70 @@ function handle(cmd) {
   const entry = clients.get(name);
   switch (op) {
     case 'sails': {
-      const opts = { url: cmd.url, multiplex: false, transports: ['websocket'], reconnection: false };
+      const reconnection = !!cmd.reconnect;
+      const opts = { url: cmd.url, multiplex: false, transports: ['websocket'], reconnection };
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.initialConnectionHeaders = cmd.headers;
       const socket = sailsIo.sails.connect(opts);
-      clients.set(name, { kind: 'sails', socket });
+      const entry = { kind: 'sails', socket, stamped: reconnection || !!cmd.rejoin };
+      clients.set(name, entry);
       // Bound on the SailsSocket: sails.io.js replays them onto the raw socket.
       for (const event of cmd.listen || []) listen(name, socket, event);
       socket.on('connect', () => report(name, 'connect', { sid: socket._raw.id }));
       socket.on('disconnect', (reason) => report(name, 'disconnect', { reason: String(reason) }));
+      if (reconnection) {
+        socket._raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
+      }
+      if (cmd.rejoin) {
+        entry.rejoin = cmd.rejoin;
+        if (cmd.rejoin.room) {
+          // sails.io.js binds listeners on its raw socket.io-client 2 socket (no onAny there).
+          for (const event of cmd.listen || []) {
+            socket.on(event, (...args) => notePosition(entry, cmd.rejoin.room, args));
+          }
+        }
+        const post = (url, data, done) => socket.post(url, data, (body, jwr) => done(jwr && jwr.statusCode));
+        socket.on('connect', () => {
+          const position = entry.position;
+          post(cmd.rejoin.url, cmd.rejoin.data, (status) => {
+            report(name, 'rejoined', { sid: socket._raw.id, status });
+            if (!position || status !== 200 || !cmd.rejoin.room) return;
+            const arg = Object.assign({ room: cmd.rejoin.room }, position);
+            socket._raw.emit('roomcast:recover', arg, (jwr) => report(name, 'recovered', { body: jwr && jwr.body }));
+          });
+        });
+      }
       const queued = (cmd.requests || []).map((req) => ({ id: req.id, connected: sailsRequest(req.id, socket, req) }));
       write({ id, type: 'ok', queued, queueLength: (socket.requestQueue || []).length });
       return;
     }
     case 'sio': {
-      const opts = { transports: ['websocket'], forceNew: true, reconnection: false };
+      const opts = { transports: ['websocket'], forceNew: true };
+      if (!cmd.reconnect) opts.reconnection = false;
       if (cmd.query) opts.query = cmd.query;
+      if (cmd.headers) opts.extraHeaders = cmd.headers;
+      if (cmd.auth) opts.auth = cmd.auth; // socket.io-client 4: sent with CONNECT
       const raw = cmd.version === 4 ? sio4.io(cmd.url, opts) : sio2(cmd.url, opts);
-      clients.set(name, { kind: 'sio', socket: raw });
+      const entry = { kind: 'sio', socket: raw, stamped: !!cmd.reconnect || !!cmd.rejoin };
+      clients.set(name, entry);
       watch(name, raw, cmd.listen);
       if (cmd.version === 4) raw.io.on('ping', () => report(name, 'ping'));
+      if (cmd.reconnect) raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
+      if (cmd.rejoin) {
+        entry.rejoin = cmd.rejoin;
+        if (cmd.rejoin.room) raw.onAny((event, ...args) => notePosition(entry, cmd.rejoin.room, args));
+        raw.on('connect', () => {
+          const position = entry.position;
+          const ctx = { method: 'post', url: cmd.rejoin.url, data: cmd.rejoin.data, headers: {} };
+          raw.emit('post', ctx, (jwr) => {
+            const status = jwr && jwr.statusCode;
+            report(name, 'rejoined', { sid: raw.id, status });
+            if (!position || status !== 200 || !cmd.rejoin.room) return;
+            const arg = Object.assign({ room: cmd.rejoin.room }, position);
+            raw.emit('roomcast:recover', arg, (reply) => report(name, 'recovered', { body: reply && reply.body }));
+          });
+        });
+      }
       write({ id, type: 'ok' });
       return;
     }

@@ -180,3 +180,23 @@ def test_routes_lists_method_and_normalised_path_in_order() -> None:
         (CONNECT, "/"),
         (DISCONNECT, "/"),
     ]
+
+
+def test_route_specs_and_rest_segments() -> None:
+    app = App()
+    app.action("GET", "/user/:id")(lambda req: None)
+    app.action("*", "/files/*")(lambda req: None)
+    app.action("GET", "/user/:id")(lambda req: None)  # same pattern: announced once
+    assert app.route_specs == ["GET /user/:id", "* /files/*"]
+    match = app.resolve("GET", "/user/7?id=q&x=1")
+    assert match is not None
+    assert match.params == {"id": "7", "x": "1"}
+    assert match.query == {"id": "q", "x": "1"} and match.route_params == {"id": "7"}
+    assert app.resolve("DELETE", "/files/a/b/c") is not None
+
+
+def test_lifecycle_hook_methods_are_the_routes_hooks() -> None:
+    from roomcast.app import CONNECT, DISCONNECT
+    from roomcast.core.routes import HOOKS
+
+    assert frozenset({CONNECT, DISCONNECT}) == HOOKS

@@ -12,6 +12,7 @@ from router.bstar import BinaryStar, Decision, Event, Role, State, peer_event
 TIMEOUT = 2.0
 P, B = Role.PRIMARY, Role.BACKUP
 PRIMARY, BACKUP, ACTIVE, PASSIVE = State.PRIMARY, State.BACKUP, State.ACTIVE, State.PASSIVE
+LEAVING = State.LEAVING
 PEER = {s: peer_event(s) for s in State}
 
 
@@ -33,6 +34,11 @@ CHANGES = {
     (P, PASSIVE, PASSIVE): ACTIVE,
     (B, BACKUP, ACTIVE): PASSIVE,
     (B, ACTIVE, ACTIVE): PASSIVE,
+    # A peer stopping on purpose: whoever is not serving takes over at once.
+    (P, PRIMARY, LEAVING): ACTIVE,
+    (P, PASSIVE, LEAVING): ACTIVE,
+    (B, BACKUP, LEAVING): ACTIVE,
+    (B, PASSIVE, LEAVING): ACTIVE,
 }
 REACHABLE = {P: (PRIMARY, ACTIVE, PASSIVE), B: (BACKUP, ACTIVE, PASSIVE)}
 PEER_CASES = [
@@ -83,6 +89,9 @@ VOTES = [
     (B, PASSIVE, False, True, ACTIVE),  # failover: silent peer + a client's vote
     (B, BACKUP, True, False, BACKUP),
     (B, BACKUP, False, False, BACKUP),  # never heard its primary: never serves
+    (P, LEAVING, True, False, LEAVING),  # stopping: serves no one, whoever asks
+    (P, LEAVING, False, False, LEAVING),
+    (B, LEAVING, False, False, LEAVING),
 ]
 
 
@@ -194,6 +203,33 @@ def test_same_roles_never_serve_while_they_hear_each_other() -> None:
         assert two.handle(PEER[one.state], t).conflict
         assert not one.handle(Event.CLIENT_REQUEST, t).accept
     assert one.state is PRIMARY and two.state is PRIMARY
+
+
+@pytest.mark.parametrize("state", [PRIMARY, ACTIVE, PASSIVE])
+def test_a_leaving_router_serves_no_more_and_hears_nothing(state: State) -> None:
+    fsm = machine(P, state)
+    decision = fsm.leave()
+    assert (decision.before, decision.after) == (state, LEAVING) and decision.reason
+    assert not fsm.serving
+    for event in Event:  # not even a vote or a restarted peer brings it back
+        assert fsm.handle(event, TIMEOUT * 10).after is LEAVING
+    assert fsm.state is LEAVING
+
+
+def test_rolling_restart_of_a_pair_hands_over_without_waiting() -> None:
+    """SIGTERM to the active primary: the backup serves at once (no peer timeout, no vote);
+    the restarted primary comes back passive; SIGTERM to the backup hands back at once."""
+    p, b = machine(P, ACTIVE), machine(B, PASSIVE)
+    p.leave()
+    assert b.handle(PEER[p.state], 0.1).after is ACTIVE
+    p = machine(P, now=1.0)
+    p.handle(PEER[b.state], 1.1)
+    assert p.state is PASSIVE
+    b.leave()
+    assert p.handle(PEER[b.state], 1.2).after is ACTIVE and p.serving
+    b = machine(B, now=2.0)
+    b.handle(PEER[p.state], 2.1)
+    assert b.state is PASSIVE
 
 
 def test_bad_timeout() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from roomcast.core.closecodes import CloseCode, reconnect_policy
+from roomcast.core.closecodes import CloseCode, is_final, reconnect_policy
 
-# DESIGN.md §4, the contract.
+# The contract (docs/protocol.md, close codes).
 CONTRACT = [
     (CloseCode.GOING_AWAY, 1001, "now"),
     (CloseCode.POLICY_VIOLATION, 1008, "never"),
@@ -38,3 +38,22 @@ def test_unknown_codes_do_not_reconnect(value: int) -> None:
 def test_application_codes_are_in_the_private_range() -> None:
     for code in CloseCode:
         assert 1000 <= code < 1016 or 4000 <= code < 5000, code
+
+
+# Which closes stop a Socket.IO client's own reconnection (it gets the "41" packet first).
+FINAL = {
+    CloseCode.GOING_AWAY: False,  # drain: reconnect to another gateway
+    CloseCode.POLICY_VIOLATION: True,
+    CloseCode.MESSAGE_TOO_BIG: True,
+    CloseCode.INTERNAL_ERROR: False,  # retry later, with the client's backoff
+    CloseCode.SLOW_CONSUMER: False,
+    CloseCode.ROUTER_UNAVAILABLE: False,
+    CloseCode.ABUSE: True,
+}
+
+
+def test_final_closes_are_policy_size_and_abuse() -> None:
+    assert set(FINAL) == set(CloseCode)
+    for code, final in FINAL.items():
+        assert is_final(code) is final, code
+        assert is_final(int(code)) is final, code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from roomcast.core import errors
@@ -43,6 +45,7 @@ TABLE: list[tuple[type[RoomcastError], int, str]] = [
     (RouterUnavailable, 503, "router_unavailable"),
     (RouterPassive, 503, "router_passive"),
     (Timeout, 504, "timeout"),
+    (StateError, 500, "state_error"),
 ]
 IDS = [cls.__name__ for cls, _, _ in TABLE]
 
@@ -69,14 +72,18 @@ def test_status_code_and_default_message(cls: type[RoomcastError], status: int, 
     assert isinstance(err, RoomcastError) and isinstance(err, Exception)
     assert err.message == str(err)
     assert err.message and err.message == err.message.lower()
-    assert err.as_body() == {"error": code, "message": err.message}
+    body = err.as_body()
+    assert {k: body[k] for k in ("error", "message")} == {"error": code, "message": err.message}
+    assert set(body) <= {"error", "message", *cls.fields}
 
 
 @pytest.mark.parametrize(("cls", "status", "code"), TABLE, ids=IDS)
 def test_explicit_message(cls: type[RoomcastError], status: int, code: str) -> None:
     err = cls("custom text")
     assert err.message == str(err) == "custom text"
-    assert err.as_body() == {"error": code, "message": "custom text"}
+    body = err.as_body()
+    assert {k: body[k] for k in ("error", "message")} == {"error": code, "message": "custom text"}
+    assert set(body) <= {"error", "message", *cls.fields}
 
 
 def test_base_error() -> None:
@@ -96,10 +103,41 @@ def test_errors_carry_their_data() -> None:
     assert TooManyRooms("custom", limit=3).message == "custom"
 
 
-def test_wire_and_state_errors_are_not_caller_errors() -> None:
-    for cls in (WireError, StateError):
-        assert issubclass(cls, Exception)
-        assert not issubclass(cls, RoomcastError)
+def test_wire_errors_are_not_caller_errors_but_state_errors_are() -> None:
+    # Everything the SDK raises at a caller is under RoomcastError (the README's promise),
+    # misuse included; a peer's undecodable bytes are counted and dropped, never raised.
+    assert issubclass(WireError, Exception) and not issubclass(WireError, RoomcastError)
+    assert issubclass(StateError, RoomcastError)
+    assert StateError("cluster is closed").as_body() == {
+        "error": "state_error",
+        "message": "cluster is closed",
+    }
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        NoSuchSocket(socket="s-1"),
+        PayloadTooLarge(size=5_000_000, limit=1_048_576),
+        TooManyRooms(limit=1000),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_error_fields_survive_a_reply(original: RoomcastError) -> None:
+    body = json.dumps(original.as_body()).encode()
+    rebuilt = error_from_reply(original.status, original.code, original.message, body)
+    assert type(rebuilt) is type(original)
+    assert rebuilt.as_body() == original.as_body()
+    for name in original.fields:
+        assert getattr(rebuilt, name) == getattr(original, name)
+
+
+def test_error_fields_from_a_bad_body_keep_their_defaults() -> None:
+    for body in (b"", b"not json", b"[1]", b'{"socket": 7}', b'{"size": "big", "limit": true}'):
+        err = error_from_reply(404, "no_such_socket", "gone", body)
+        assert isinstance(err, NoSuchSocket) and err.socket is None
+        big = error_from_reply(413, "payload_too_large", "big", body)
+        assert isinstance(big, PayloadTooLarge) and (big.size, big.limit) == (0, 0)
 
 
 @pytest.mark.parametrize(("cls", "status", "code"), TABLE, ids=IDS)

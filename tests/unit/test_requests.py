@@ -132,3 +132,24 @@ def test_lazy_exports_resolve() -> None:
             assert getattr(roomcast, name) is getattr(errors, name)
     with pytest.raises(AttributeError):
         roomcast.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_param_and_all_params_merge_like_sails() -> None:
+    req = Request(
+        "s1",
+        data={"id": "body", "name": "ada", "n": 0},
+        query={"id": "query", "name": "q", "page": "2"},
+        route_params={"id": "7"},
+        params={"id": "7", "name": "q", "page": "2"},
+    )
+    assert req.param("id") == "7"  # path, then body, then query
+    assert req.param("name") == "ada"
+    assert req.param("n") == 0
+    assert req.param("page") == "2"
+    assert req.param("missing") is None and req.param("missing", "d") == "d"
+    assert req.all_params() == {"id": "7", "name": "ada", "n": 0, "page": "2"}
+
+
+def test_all_params_ignores_a_body_that_is_not_an_object() -> None:
+    req = Request("s1", data=[1, 2], query={"a": "1"})
+    assert req.all_params() == {"a": "1"} and req.param("0") is None

@@ -645,3 +645,17 @@ def test_matches_reference_model() -> None:
         "open:Conflict",
     ]:
         assert outcomes.get(key, 0) > 0, (key, outcomes)
+
+
+def test_requester_context_travels_with_the_socket() -> None:
+    topo = Topology()
+    topo.open_sockets("g1", ["s1", "s2"], ["ada"], [b'{"claims":{}}'])
+    assert topo.requester("s1") == ("g1", "ada", b'{"claims":{}}')
+    assert topo.requester("s2") == ("g1", "", b"")
+    assert topo.requester("nope") is None
+    topo.set_context("s2", b"c2")
+    topo.set_presence("s2", "bob", b"")
+    assert topo.requester("s2") == ("g1", "bob", b"c2")
+    fresh = Topology()  # a restarted (or standby) router learns it from the gateway's resync
+    fresh.resync("g1", [("s1", ["r"])], {"s1": ("ada", b"")}, {"s1": b"c1"})
+    assert fresh.requester("s1") == ("g1", "ada", b"c1")

@@ -13,15 +13,24 @@ from roomcast.core.errors import WireError
 from roomcast.core.pb import roomcast_pb2 as pb
 
 ROOMS = (
-    wire.SocketRooms(socket="s1", rooms=("a", "b:c"), user="ada", meta=b'{"tab":2}'),
+    wire.SocketRooms(socket="s1", rooms=("a", "b:c"), user="ada", meta=b'{"tab":2}', context=b"{}"),
     wire.SocketRooms(socket="s2"),
 )
 
 # One instance of every message type with every field set away from its default.
 SAMPLES: list[wire.Message] = [
-    wire.Hello(ref=1, node_id="g1", role=wire.Role.GATEWAY, protocol_version=7),
+    wire.Hello(
+        ref=1,
+        node_id="g1",
+        role=wire.Role.GATEWAY,
+        protocol_version=7,
+        routes=("GET /a/:id", "* /b/*"),
+        routes_known=True,
+        busy=True,
+    ),
     wire.Heartbeat(node_id="g1", ref=4),
-    wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", "")),
+    wire.Goodbye(ref=3, node_id="w-1", role=wire.Role.WORKER),
+    wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", ""), contexts=(b"{}", b"")),
     wire.SocketClose(sockets=("s1",)),
     wire.Membership(
         ref=3,
@@ -52,7 +61,14 @@ SAMPLES: list[wire.Message] = [
     ),
     wire.Resync(ref=8, sockets=ROOMS, last=True),
     wire.Request(
-        ref=9, socket="s1", method="POST", url="/chat/join", headers=b'{"a":"b"}', data=b"[1]"
+        ref=9,
+        socket="s1",
+        method="POST",
+        url="/chat/join",
+        headers=b'{"a":"b"}',
+        data=b"[1]",
+        user="ada",
+        context=b'{"claims":{}}',
     ),
     wire.HelloAck(
         ref=10, epoch="e1", protocol_version=2, heartbeat_interval_ms=500, heartbeat_acks=True
@@ -88,8 +104,9 @@ SAMPLES: list[wire.Message] = [
         offsets=(wire.RoomOffset(room="a", epoch="e.1", offset=7),),
     ),
     wire.RouterBeat(epoch="e2"),
+    wire.Bundle(bodies=(b"\x01", b"")),
     wire.Reset(epoch="e3"),
-    wire.SetPresence(ref=11, socket="s1", user="ada", meta=b'{"tab":1}'),
+    wire.SetPresence(ref=11, socket="s1", user="ada", meta=b'{"tab":1}', context=b"{}"),
     wire.TrackPresence(ref=12, room="chat:1", enabled=False),
     wire.Delivered(confirm=7, sockets=42),
     wire.PeerState(

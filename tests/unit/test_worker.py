@@ -109,3 +109,31 @@ def test_load_app_errors_exit_with_a_message(
     with pytest.raises(SystemExit) as info:
         load_app(spec.format(mod=fake_module.__name__))
     assert message in str(info.value.code)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "give one of MODULE:APP"),
+        (["m:app", "--asgi", "m:api"], "give one of MODULE:APP"),
+        (["--asgi", "m:api", "--wsgi", "m:web"], "give one of MODULE:APP"),
+        (["m:app", "--sync-threads", "0"], "--sync-threads must be at least 1"),
+    ],
+)
+def test_worker_flags_refused_before_anything_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from roomcast.worker import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_web_app_that_is_not_callable_is_refused(fake_module: types.ModuleType) -> None:
+    from roomcast.worker import load_web_app
+
+    with pytest.raises(SystemExit) as info:
+        load_web_app(f"{fake_module.__name__}:not_an_app", wsgi=False, routes=())
+    assert "not an ASGI/WSGI app" in str(info.value.code)

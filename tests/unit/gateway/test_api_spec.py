@@ -18,7 +18,7 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import OpenAPIV30SpecValidator, validate
 
 from gateway import api
-from gateway.api_spec import OPERATIONS, Operation, openapi_document
+from gateway.api_spec import OPERATIONS, Operation, field_problem, openapi_document
 
 DOC = openapi_document("1.2.3")
 ERROR_STATUSES = {"400", "401", "403", "404", "413", "429", "503", "504"}
@@ -153,7 +153,7 @@ def test_operations_are_exactly_the_implemented_ones() -> None:
 
 
 def test_sdk_operations_of_the_design_are_all_there() -> None:
-    """DESIGN.md §6: the SDK's operations, plus the Resourceful PubSub helpers."""
+    """architecture §6: the SDK's operations, plus the Resourceful PubSub helpers."""
     sdk = {
         "broadcast", "blast", "join", "leave", "leave_all", "add_room_members_to_rooms",
         "remove_room_members_from_rooms", "count", "members", "rooms", "publish",
@@ -268,3 +268,35 @@ def test_broken_schema_is_caught_by_check_schema() -> None:
     # jsonschema.exceptions.SchemaError, found by the OpenAPI 3.0 meta-schema.
     with pytest.raises(Exception, match="'rooms' is not of type 'array'"):
         schema_validator({"type": "object", "required": "rooms"})
+
+
+# --- field_problem: what a refused body says ---------------------------------------------------
+
+
+def test_right_fields_have_no_problem() -> None:
+    assert field_problem("broadcast", ["rooms", "data"]) is None
+    assert field_problem("publish_update", ["model", "id", "changes", "previous"]) is None
+
+
+@pytest.mark.parametrize(
+    ("op", "fields", "says"),
+    [
+        # Sails habit: `data` where publish_update wants `changes`.
+        ("publish_update", ["model", "id", "data"], "unknown fields: data (did you mean changes?)"),
+        ("broadcast", ["room", "data"], "unknown fields: room (did you mean rooms?)"),
+        ("broadcast", ["rooms", "bogus", "extra"], "unknown fields: bogus, extra;"),
+        ("join", [], "missing fields: sockets, rooms;"),
+    ],
+)
+def test_problems_name_the_expected_field(op: str, fields: list[str], says: str) -> None:
+    problem = field_problem(op, fields)
+    assert problem is not None and says in problem
+    # ... and list every field the operation takes, the required ones marked.
+    props = OPERATIONS[op].body["properties"]
+    assert problem.endswith(
+        f"{op} takes "
+        + ", ".join(
+            f + (" (required)" if f in OPERATIONS[op].body.get("required", []) else "")
+            for f in props
+        )
+    )

@@ -26,6 +26,7 @@ PURE_MODULES = (
     "gateway.sendqueue",
     "gateway.membership",
     "gateway.strictjson",
+    "gateway.requester",
 )
 
 

@@ -1,4 +1,4 @@
-"""gateway.plainws: the /ws JSON codec (DESIGN.md §4), one frame in, one op or FrameError out.
+"""gateway.plainws: the /ws JSON codec (architecture §4), one frame in, one op or FrameError out.
 
 Every error path is checked for its status, its code and whether the client's ``ref`` survives
 (a reply to the ref, or an ``error`` op when there is none); every encoder for its exact bytes and
