@@ -15,8 +15,10 @@ Certificates are pyzmq's (``zmq.auth.create_certificates``): ``NAME.key`` holds 
 Keys have roles, from their file names in that directory: ``gateway*.key`` (gateways),
 ``worker*.key`` (action workers), ``backend*.key`` (SDK clients). Only gateway keys (and the
 router's own) may subscribe to the fanout, which carries every delivery and every gateway id;
-the commands port admits every authorized key. A key whose name has none of those prefixes
-keeps the old meaning, any role, and the router warns about it at start-up.
+the commands port admits every authorized key, and the router checks each message's role (the
+ZAP User-Id set here): only gateway keys may speak as a gateway, only worker keys as a worker.
+A key whose name has none of those prefixes keeps the old meaning, any role, and the router
+warns about it at start-up.
 * each gateway, worker and SDK client: its own ``.key_secret`` (``--curve-key``) and the
   router's public ``.key`` (``--curve-server-key``).
 

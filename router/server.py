@@ -61,6 +61,7 @@ _CLAIM_LOG_INTERVAL_S = 10.0  # refused claims are counted each; logged at most 
 # CURVE key roles that may speak as a gateway (roomcast.curve: "router" is the router's own key,
 # "any" a key named without a role prefix).
 _GATEWAY_ROLES = frozenset({"gateway", "router", "any"})
+_WORKER_ROLES = frozenset({"worker", "any"})
 
 
 class Router:
@@ -238,12 +239,21 @@ class Router:
                     if role not in _GATEWAY_ROLES:
                         # A backend's or worker's key speaking as a gateway: refused, whatever
                         # it says.
-                        self._refuse_role(identity, role)
+                        self._refuse_role(identity, role, "a gateway")
                         continue
                 try:
                     msg = wire.decode(body)
                 except WireError:
                     self.metrics.wire_errors.inc()
+                    continue
+                if (
+                    roles
+                    and isinstance(msg, wire.Hello)
+                    and msg.role is wire.Role.WORKER
+                    and parts[2].decode("ascii", "replace") not in _WORKER_ROLES
+                ):
+                    # Only worker keys are sent requests (with their headers and data).
+                    self._refuse_role(identity, parts[2].decode("ascii", "replace"), "a worker")
                     continue
                 kinds[msg.KIND] += 1
                 self._handle(identity, msg, now)
@@ -287,15 +297,16 @@ class Router:
         if self.pair is not None and len(self.links.gateways) != known:
             self.pair.announce()  # the backup learns at once whom to wait for after a failover
 
-    def _refuse_role(self, identity: bytes, role: str) -> None:
+    def _refuse_role(self, identity: bytes, role: str, speaking_as: str) -> None:
         self.metrics.claims_refused.labels("role").inc()
         now = time.monotonic()
         if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
             self._claim_logged = now
             log.warning(
-                "refused gateway commands from a CURVE key whose role is %s (only gateway keys "
-                "may speak as a gateway)",
+                "refused a CURVE key whose role is %s speaking as %s (only %s keys may)",
                 role,
+                speaking_as,
+                speaking_as.split()[-1],
             )
 
     def _refuse_claim(self, identity: bytes, gateway: str, msg: wire.Message, now: float) -> None:

@@ -492,10 +492,34 @@ def test_only_gateway_keys_may_speak_as_a_gateway(cc: CurveCluster) -> None:
 
     try:
         deadline_poll(refused, 10 * T, message="the impostor refused")
-        assert "only gateway keys may speak as a gateway" in cc.cluster.router.log_text()[offset:]
+        assert "role is backend speaking as a gateway" in cc.cluster.router.log_text()[offset:]
         # It never became a gateway of the router.
         m = router_metrics(cc.cluster)
         assert m.get("roomcast_router_gateways") == len(cc.cluster.gateways)
+    finally:
+        dealer.close()
+        ctx.term()
+
+
+def test_only_worker_keys_are_sent_requests(cc: CurveCluster) -> None:
+    """A backend's key saying Hello as a worker is refused: it is never sent a request."""
+    before = router_metrics(cc.cluster)
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret("backend"), cc.keys.public("router")).apply(dealer)
+    dealer.connect(cc.commands)
+
+    def refused() -> bool:
+        dealer.send(wire.encode(wire.Hello(ref=1, node_id="fake-worker", role=wire.Role.WORKER)))
+        m = router_metrics(cc.cluster)
+        role = "roomcast_router_claims_refused_total"
+        return m.get(role, what="role") > before.get(role, what="role")
+
+    try:
+        deadline_poll(refused, 10 * T, message="the fake worker refused")
+        assert router_metrics(cc.cluster).get("roomcast_router_workers") == 1  # the real one
+        assert not dealer.poll(0)  # no HelloAck, no request
     finally:
         dealer.close()
         ctx.term()
