@@ -254,14 +254,19 @@ class Upstream:
                 self._restart("router reset")
             return
         if self.state == "hello":
-            if isinstance(msg, wire.Deliver) and seq_frame:
-                # The rest of a broken stream (after a gap, a Reset or silence), discarded
-                # until the resync: these never reach a client, so they count as lost too
-                # (unless the stream is another process's, which holds our id).
-                if not self._conflict:
-                    self.metrics.lost.inc()
-                return
-            self._on_hello_answer(msg, seq_frame, now)
+            parts = [wire.decode(b) for b in msg.bodies] if isinstance(msg, wire.Bundle) else [msg]
+            for part in parts:
+                if self.state != "hello":
+                    # The rest of a bundle that began with our HelloAck: the new stream.
+                    self._on_stream(part, alone=False)
+                elif isinstance(part, wire.Deliver) and seq_frame:
+                    # The rest of a broken stream (after a gap, a Reset or silence), discarded
+                    # until the resync: these never reach a client, so they count as lost too
+                    # (unless the stream is another process's, which holds our id).
+                    if not self._conflict:
+                        self.metrics.lost.inc()
+                else:
+                    self._on_hello_answer(part, seq_frame, now)
             return
         seq = wire.unpack_seq(seq_frame)
         if seq != self._expected_seq:

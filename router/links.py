@@ -124,7 +124,8 @@ class Links:
         if len(bodies) == 1:
             self._send(gateway, bodies[0])
         else:
-            self._send(gateway, wire.encode(wire.Bundle(bodies=tuple(bodies))))
+            bundle = wire.encode(wire.Bundle(bodies=tuple(bodies)))
+            self._send(gateway, bundle, messages=len(bodies))
 
     def to_gateway(self, gateway: str, body: bytes) -> bool:
         """Send (or, while held, queue) one message on a gateway's stream; False if the gateway
@@ -141,7 +142,9 @@ class Links:
             bodies.append(body)
         return True
 
-    def _send(self, gateway: str, body: bytes) -> bool:
+    def _send(self, gateway: str, body: bytes, *, messages: int = 1) -> bool:
+        """Send one sequenced message (``messages``: how many a bundle holds, for the drop
+        count: the gateway sees one gap, the router counts every message it lost)."""
         link = self.gateways.get(gateway)
         if link is None:
             return False  # forgotten since it was held (expired, reset, said goodbye)
@@ -156,7 +159,7 @@ class Links:
             send(wire.pack_seq(link.seq), _MORE_NOBLOCK)
             send(body, _NOBLOCK)
         except zmq.Again:
-            self._metrics.fanout_dropped.inc()
+            self._metrics.fanout_dropped.inc(messages)
             return False
         return True
 
