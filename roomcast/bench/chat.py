@@ -149,13 +149,20 @@ def _wrong(result: dict[str, Any]) -> int:
 
 
 def _per_publish(result: dict[str, Any]) -> None:
-    """CPU microseconds per publish of each server process, and of all of them together."""
+    """CPU microseconds per publish of each server process, and of all of them together (and,
+    for roomcast, named as the issue asks: the router's per publish, each gateway's per
+    message)."""
     published = result["published"]
     per = {
         name: round(p["cpu_s"] / published * 1e6, 2) if published else None
         for name, p in result["processes"].items()
     }
     result["cpu_us_per_publish"] = per
+    if "router" in per:  # every room spans every gateway: each publish is a message to each
+        result["router_cpu_us_per_publish"] = per["router"]
+        result["gateway_cpu_us_per_message"] = {
+            name: value for name, value in per.items() if name.startswith("gateway")
+        }
     result["server_cpu_us_per_publish"] = (
         round(result["server_cpu_s"] / published * 1e6, 2) if published else None
     )

@@ -125,6 +125,9 @@ def test_chat_smoke_delivers_exactly_each_rooms_messages(tmp_path: pathlib.Path)
             assert phase["delivered_msgs_per_s"] > 0 and phase["latency"]["samples"] > 0
             assert phase["cpu_us_per_delivery"] > 0 and phase["server_cpu_us_per_publish"] > 0
             assert set(phase["cpu_us_per_publish"]) == servers
+            if kind == "roomcast":
+                assert phase["router_cpu_us_per_publish"] > 0
+                assert set(phase["gateway_cpu_us_per_message"]) == {"gateway-0", "gateway-1"}
         assert phases["client-burst"]["published"] == phases["sdk-burst"]["published"] == 2000
     for name in names:
         ratio = results["ratio"][name]
