@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 from tornado.iostream import IOStream, StreamClosedError
@@ -33,19 +34,30 @@ from roomcast.core.errors import RoomcastError
 if TYPE_CHECKING:
     from gateway.hub import Gateway
 
-__all__ = ["Connection", "Outlet", "fan_out", "write_queued"]
+__all__ = ["Connection", "Outlet", "Peer", "fan_out", "write_queued"]
 
 
-class Connection(tornado.websocket.WebSocketHandler):
+class Peer:
+    """A client socket as the hub sees it, whatever carries it: identity, send queue, close.
+
+    :class:`Connection` carries it over one WebSocket; a Socket.IO polling session
+    (gateway/polling.py) over a series of HTTP requests. ``queue`` is the outlet the hub's
+    delivery loop fills; what a "frame" is (a WebSocket frame, a polling payload fragment) is
+    the transport's: see :meth:`frame`.
+    """
+
     gateway: Gateway
+    sid: str
+    queue: Outlet
+    request: tornado.httputil.HTTPServerRequest  # the handshake
 
-    def initialize(self, gateway: Gateway) -> None:
+    def init_peer(self, gateway: Gateway, queue: Outlet | None = None) -> None:
         self.gateway = gateway
         self.sid = secrets.token_urlsafe(12)
         config = gateway.config
         self._welcomed = False
         self._close_cause: str | None = None
-        self.queue = Outlet(config.max_send_queue_bytes, self)
+        self.queue = queue if queue is not None else Outlet(config.max_send_queue_bytes, self)
         self.limit = RateLimit(
             config.max_frames_per_s, config.frame_burst, config.abuse_strikes, time.monotonic()
         )
@@ -83,6 +95,26 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     # --- protocol hooks --------------------------------------------------------------------
 
+    def frame(self, payload: bytes) -> bytes:
+        """One protocol message as this transport queues it."""
+        raise NotImplementedError
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the transport (after what is queued)."""
+        raise NotImplementedError
+
+    def can_send(self) -> bool:
+        """Whether the transport may still carry a message to the client."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Cut the transport now (a drain that timed out)."""
+        raise NotImplementedError
+
+    def ws_stream(self) -> IOStream | None:
+        """The WebSocket's stream (None for other transports, or once closed)."""
+        return None
+
     def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
         """The complete WebSocket frame of a push, in this connection's protocol
         (``history_json``: the message's positions in rooms that keep a history)."""
@@ -98,47 +130,16 @@ class Connection(tornado.websocket.WebSocketHandler):
     def report_error(self, ref: object, err: RoomcastError) -> None:
         raise NotImplementedError
 
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Refuse before the upgrade what must not cost a connection; read the token."""
-        gateway = self.gateway
-        if gateway.draining:
-            self.refuse_http(503, "draining", "this gateway is shutting down: connect to another")
-            return
-        if len(gateway.conns) >= gateway.config.max_connections:
-            self.refuse_http(503, "max_connections", "this gateway is full: connect to another")
-            return
-        try:
-            self.identity = gateway.authenticate(self.request_token())
-        except TokenError as exc:
-            # Upgraded anyway, then closed with 1008: a browser cannot read an HTTP refusal.
-            self.auth_error = str(exc)
-        await super().get(*args, **kwargs)
+    # --- lifecycle ------------------------------------------------------------------------
 
     def request_token(self) -> str | None:
         """``?token=`` or ``Authorization: Bearer``; Socket.IO may also send one at CONNECT."""
-        token = self.get_query_argument("token", None)
+        tokens = self.request.query_arguments.get("token")
+        token = tokens[-1].decode("utf-8", "replace").strip() if tokens else None
         if token:
             return token
         scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-    def refuse_http(self, status: int, reason: str, message: str) -> None:
-        self.gateway.reject(reason)
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish({"error": reason, "message": message})
-
-    def check_origin(self, origin: str) -> bool:
-        # Exact matches only, like Sails' onlyAllowOrigins. Tornado asks only when the client
-        # sent an Origin that is not the gateway's own (same-origin pages pass): browsers always
-        # send one, so a request without it is not a web page's.
-        allowed = self.gateway.config.allowed_origins
-        if not allowed or origin in allowed:
-            return True
-        self.gateway.reject("origin")
-        return False
 
     def refuse_token(self) -> None:
         """Close a connection whose token was refused (1008, the reason in the close frame)."""
@@ -146,7 +147,7 @@ class Connection(tornado.websocket.WebSocketHandler):
         self.close_cause = "token"
         self.gateway.count_disconnect("token")
         self.write_queued()
-        self.close(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
+        self.end(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
 
     def over_limit(self) -> bool:
         """Spend the inbound budget for one frame; True when the frame must be refused."""
@@ -156,45 +157,9 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.disconnect(CloseCode.ABUSE, "abuse")
         return True
 
-    def open(self, *args: str, **kwargs: str) -> None:
-        stream = self.ws_connection.stream if self.ws_connection is not None else None
-        if stream is not None and type(stream) is IOStream:
-            self.queue.sock = stream.socket  # a TLS stream is written through Tornado only
-            if stream.writing():  # the 101 response is not all out: wait for it
-                self.queue.hold(stream.write(b""), 1)
-        if self.gateway.draining:
-            self.close(CloseCode.GOING_AWAY, "going away")
-            return
-        self.set_nodelay(True)
-        if self.auth_error is not None and not self.defers_auth():
-            self.refuse_token()
-            return
-        self.gateway.attach(self)
-
-    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
-        # Tornado's own, but one that tells us when Tornado closes with 1009 by itself (a
-        # per-connection wrapper around close() would cost ~1.5 KiB per idle connection).
-        if self.request.headers.get("Sec-WebSocket-Version") != "13":
-            return None
-        params = tornado.websocket._WebSocketParams(
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            max_message_size=self.max_message_size,
-            compression_options=self.get_compression_options(),
-        )
-        return _Protocol(self, False, params)
-
     def defers_auth(self) -> bool:
         """Whether a missing token may still arrive in-protocol (Socket.IO v4 CONNECT auth)."""
         return False
-
-    def on_close(self) -> None:
-        self.queue.discard()
-        reason = self.close_cause
-        if reason is None or reason == "frame_too_big":
-            # Client-initiated, or Tornado's own 1009: not counted by disconnect().
-            self.gateway.count_disconnect(reason or "client")
-        self.gateway.detach(self)
 
     def disconnect(self, code: int, reason: str) -> None:
         """Server-initiated close with a documented code (the close frame follows queued data)."""
@@ -207,11 +172,11 @@ class Connection(tornado.websocket.WebSocketHandler):
         # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
         self.gateway.count_disconnect(reason)
         self.write_queued()
-        self.close(code, reason.replace("_", " "))
+        self.end(code, reason.replace("_", " "))
 
     def fail(self, ref: object, err: RoomcastError) -> None:
         self.gateway.count_error(err)
-        if self.ws_connection is not None and self.close_cause is None:
+        if self.can_send() and self.close_cause is None:
             self.report_error(ref, err)
 
     # --- outbound --------------------------------------------------------------------------
@@ -224,7 +189,7 @@ class Connection(tornado.websocket.WebSocketHandler):
     # two call_soon per write: most of a write's cost at low rates).
 
     def send_payload(self, payload: bytes) -> None:
-        self.push(text_frame(payload))
+        self.push(self.frame(payload))
 
     def push(self, frame: bytes) -> None:
         """Queue one frame for the next write (deliveries take fan_out's loop instead)."""
@@ -247,6 +212,107 @@ class Connection(tornado.websocket.WebSocketHandler):
         return write_queued((self.queue,))[1]
 
 
+class Connection(Peer, tornado.websocket.WebSocketHandler):
+    """A client socket over one WebSocket."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.init_peer(gateway)
+
+    # --- the transport (Peer) --------------------------------------------------------------
+
+    def frame(self, payload: bytes) -> bytes:
+        return text_frame(payload)
+
+    def end(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    def can_send(self) -> bool:
+        return self.ws_connection is not None
+
+    def abort(self) -> None:
+        ws = self.ws_connection
+        if ws is not None and ws.stream is not None:
+            ws.stream.close()
+
+    def ws_stream(self) -> IOStream | None:
+        ws = self.ws_connection
+        return ws.stream if ws is not None else None
+
+    # --- the WebSocket ---------------------------------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse before the upgrade what must not cost a connection; read the token."""
+        gateway = self.gateway
+        if gateway.draining:
+            self.refuse_http(503, "draining", "this gateway is shutting down: connect to another")
+            return
+        if len(gateway.conns) >= gateway.config.max_connections:
+            self.refuse_http(503, "max_connections", "this gateway is full: connect to another")
+            return
+        try:
+            self.identity = gateway.authenticate(self.request_token())
+        except TokenError as exc:
+            # Upgraded anyway, then closed with 1008: a browser cannot read an HTTP refusal.
+            self.auth_error = str(exc)
+        await super().get(*args, **kwargs)
+
+    def refuse_http(self, status: int, reason: str, message: str) -> None:
+        self.gateway.reject(reason)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish({"error": reason, "message": message})
+
+    def check_origin(self, origin: str) -> bool:
+        # Exact matches only, like Sails' onlyAllowOrigins. Tornado asks only when the client
+        # sent an Origin that is not the gateway's own (same-origin pages pass): browsers always
+        # send one, so a request without it is not a web page's.
+        allowed = self.gateway.config.allowed_origins
+        if not allowed or origin in allowed:
+            return True
+        self.gateway.reject("origin")
+        return False
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.take_stream()
+        if self.gateway.draining:
+            self.close(CloseCode.GOING_AWAY, "going away")
+            return
+        self.set_nodelay(True)
+        if self.auth_error is not None and not self.defers_auth():
+            self.refuse_token()
+            return
+        self.gateway.attach(self)
+
+    def take_stream(self) -> None:
+        """Write to the socket directly from now on (see Outlet.send_now)."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is not None and type(stream) is IOStream:
+            self.queue.sock = stream.socket  # a TLS stream is written through Tornado only
+            if stream.writing():  # the 101 response is not all out: wait for it
+                self.queue.hold(stream.write(b""), 1)
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        # Tornado's own, but one that tells us when Tornado closes with 1009 by itself (a
+        # per-connection wrapper around close() would cost ~1.5 KiB per idle connection).
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None
+        params = tornado.websocket._WebSocketParams(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size,
+            compression_options=self.get_compression_options(),
+        )
+        return _Protocol(self, False, params)
+
+    def on_close(self) -> None:
+        self.queue.discard()
+        reason = self.close_cause
+        if reason is None or reason == "frame_too_big":
+            # Client-initiated, or Tornado's own 1009: not counted by disconnect().
+            self.gateway.count_disconnect(reason or "client")
+        self.gateway.detach(self)
+
+
 class Outlet(SendQueue):
     """A connection's send queue plus what the delivery loop needs of the connection, in one
     slotted object: the loop runs once per recipient, and a Tornado handler keeps its
@@ -254,7 +320,7 @@ class Outlet(SendQueue):
 
     __slots__ = ("conn", "live", "sock")
 
-    def __init__(self, limit_bytes: int, conn: Connection) -> None:
+    def __init__(self, limit_bytes: int, conn: Peer) -> None:
         super().__init__(limit_bytes)
         self.conn = conn
         self.live = False  # welcomed and not closing: deliveries may flow
@@ -273,8 +339,7 @@ class Outlet(SendQueue):
             if sent == len(data):
                 return
             data = data[sent:]
-        ws = self.conn.ws_connection
-        stream = ws.stream if ws is not None else None
+        stream = self.conn.ws_stream()
         if stream is None:
             return  # closed meanwhile: nothing can be written
         try:
@@ -291,8 +356,8 @@ class Outlet(SendQueue):
     def _written(self, fut: asyncio.Future[None]) -> None:
         if fut.exception() is not None:
             return
-        ws = self.conn.ws_connection
-        if ws is None or ws.stream is None or ws.stream.writing():
+        stream = self.conn.ws_stream()
+        if stream is None or stream.writing():
             return  # more is buffered: the callback of a later write follows
         if self.written():
             self.conn.gateway.mark_dirty(self)
@@ -301,7 +366,7 @@ class Outlet(SendQueue):
 def fan_out(
     outlets: dict[str, Outlet],
     targets: Iterable[str],
-    frame_of: Callable[[Connection], bytes],
+    frame_of: Callable[[Peer], bytes],
     dirty: list[Outlet],
     *,
     direct: bool,

@@ -322,9 +322,13 @@ def test_large_frame_under_the_limit_is_served(
 # ------------------------------------------------------------------ plain HTTP
 
 
-@pytest.mark.parametrize("eio", ["4", "3"])
-def test_polling_gets_transport_unknown(sc: SailsCluster, check: Bystanders, eio: str) -> None:
-    status, body = http_get(sc.public(0) + f"/socket.io/?EIO={eio}&transport=polling")
+@pytest.mark.parametrize("transport", ["flashsocket", "", "websocket"])
+def test_other_transports_get_transport_unknown(
+    sc: SailsCluster, check: Bystanders, transport: str
+) -> None:
+    """Polling is served (tests/integration/test_socketio_polling*.py); an unknown transport,
+    none, or ``websocket`` without a WebSocket handshake is Engine.IO's "Transport unknown"."""
+    status, body = http_get(sc.public(0) + f"/socket.io/?EIO=4&transport={transport}")
     assert status == 400
     assert json.loads(body) == {"code": 0, "message": "Transport unknown"}
 
