@@ -25,11 +25,12 @@ import pytest
 from gateway.eio_polling import decode_payload
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
-from tests.integration.harness import Event, WsClient
+from tests.integration.harness import Event, Metrics, WsClient, http_get
 from tests.integration.test_sails_support import (
     SDK_VERSION,
     NodeDriver,
     SailsCluster,
+    extra_gateway,
     node_driver,
     sails_cluster,
 )
@@ -265,3 +266,61 @@ def test_cross_origin_polling_follows_the_allowlist(sc: SailsCluster, check: Bys
         assert "POST" in (resp.getheader("Access-Control-Allow-Methods") or "")
     finally:
         conn.close()
+
+
+def test_allowlisted_origins_only(sc: SailsCluster) -> None:
+    proc, public = extra_gateway(sc, "gw-origins", "--allowed-origin", "http://good.example")
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+    raw = PollRaw(public, 4)  # no Origin: not a web page's request
+    for origin, status in (("http://good.example", 200), ("http://evil.example", 403)):
+        conn = http.client.HTTPConnection(raw.host, raw.port, timeout=10 * T)
+        try:
+            conn.request("GET", raw.path(sid=False), headers={"Origin": origin})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        assert resp.status == status, body
+        if status == 200:
+            assert resp.getheader("Access-Control-Allow-Origin") == origin
+        else:
+            assert json.loads(body) == {"code": 4, "message": "Forbidden"}
+            assert resp.getheader("Access-Control-Allow-Origin") is None
+    _, text = http_get(metrics_url)
+    assert Metrics(text).get("roomcast_gateway_polling_errors_total", reason="origin") == 1
+    proc.stop()
+
+
+def test_sessions_that_stop_polling_time_out_and_dropped_polls_close(sc: SailsCluster) -> None:
+    proc, public = extra_gateway(
+        sc, "gw-ping", "--sio-ping-interval", str(0.5 * T), "--sio-ping-timeout", str(0.5 * T)
+    )
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+
+    def metric(name: str, **labels: str) -> float:
+        _, text = http_get(metrics_url)
+        return Metrics(text).get(f"roomcast_gateway_{name}", **labels)
+
+    silent = PollRaw(public, 4)
+    assert silent.post(b"40") == (200, b"ok")
+    deadline_poll(
+        lambda: metric("disconnects_total", reason="ping_timeout") == 1,
+        10 * T,
+        message="the silent session to time out",
+    )
+    silent.assert_closed()
+    # A client that drops its pending poll: the session is closed (as the reference does).
+    dropping = PollRaw(public, 4)
+    assert dropping.post(b"40") == (200, b"ok")
+    assert dropping.packets_until("40")
+    with socket.create_connection((dropping.host, dropping.port), timeout=10 * T) as sock:
+        sock.sendall(f"GET {dropping.path()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        deadline_poll(lambda: metric("polling_sessions") == 1, 5 * T, message="one session")
+    deadline_poll(
+        lambda: metric("polling_errors_total", reason="poll_closed") == 1,
+        10 * T,
+        message="the dropped poll to be counted",
+    )
+    deadline_poll(lambda: metric("polling_sessions") == 0, 5 * T, message="no session left")
+    assert metric("connections") == 0
+    proc.stop()
