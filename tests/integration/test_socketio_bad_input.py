@@ -8,7 +8,8 @@ Documented outcomes (gateway/sio_handler.py, architecture §4-§5):
   ``sails:parseError`` event; the connection stays and keeps being served;
 * a namespace other than ``/`` is refused (``44/<nsp>,{"message": ...}`` for CONNECT, a 400
   error for events); a frame over ``--max-frame-bytes`` gets ``41``, then close 1009;
-* HTTP long-polling gets Engine.IO's 400 ``Transport unknown``.
+* a request that is neither polling nor a WebSocket handshake gets Engine.IO's 400
+  ``Transport unknown`` (polling's own bad input: test_socketio_polling_bad_input.py).
 
 Each case also shows that other connections are unaffected: a sails.io.js client (Node) on the
 offender's gateway and a plain ``/ws`` client on the other gateway, both in one room since the
