@@ -111,7 +111,7 @@ class GatewayMetrics:
             "polling_errors_total",
             "Engine.IO long-polling requests refused, by reason (unknown_sid, bad_request, "
             "poll_overlap, post_overlap, too_large, no_length, bad_payload, body_timeout, "
-            "poll_closed, origin, full, draining, unsupported_version).",
+            "poll_closed, rate_limited, origin, full, draining, unsupported_version).",
             ("reason",),
         )
         self.upgrades = counter(

@@ -288,14 +288,14 @@ class PollingHandler(tornado.web.RequestHandler):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _refuse(self, status: int, reason: str, code: int | None = None) -> None:
+    def _refuse(self, status: int, reason: str, code: int | None = None, message: str = "") -> None:
         self.gateway.metrics.polling_errors.labels(reason).inc()
         self.set_status(status)
         if code is None:
             self.finish()
             return
         self.set_header("Content-Type", "application/json")
-        self.finish({"code": code, "message": _MESSAGES[code]})
+        self.finish({"code": code, "message": message or _MESSAGES[code]})
 
     def _cors(self) -> bool:
         """CORS headers for an allowed origin; False (403 sent) for another."""
@@ -314,13 +314,17 @@ class PollingHandler(tornado.web.RequestHandler):
         return True
 
     def _lookup(self) -> PollingSession | None:
-        """The session named by ``sid`` (None: refused already)."""
+        """The session named by ``sid`` (None: refused already). Every request spends from
+        the session's inbound budget, as a WebSocket frame does (then 429; 4003 on abuse)."""
         session = self.sessions.get(_query(self.request, "sid"))
         if session is None or session.successor is not None:
             self._refuse(400, "unknown_sid", E_UNKNOWN_SID)
             return None
         if str(session.eio) != _query(self.request, "EIO"):
             self._refuse(400, "bad_request", E_BAD_REQUEST)
+            return None
+        if not session.ended and session.over_limit():
+            self._refuse(429, "rate_limited", E_BAD_REQUEST, "Too many requests")
             return None
         return session
 

@@ -324,3 +324,20 @@ def test_sessions_that_stop_polling_time_out_and_dropped_polls_close(sc: SailsCl
     deadline_poll(lambda: metric("polling_sessions") == 0, 5 * T, message="no session left")
     assert metric("connections") == 0
     proc.stop()
+
+
+def test_requests_over_the_inbound_budget_get_429(sc: SailsCluster) -> None:
+    """Each request and each packet spends from --max-frames-per-second / --frame-burst."""
+    proc, public = extra_gateway(
+        sc, "gw-budget", "--max-frames-per-second", "0.01", "--frame-burst", "4"
+    )
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+    raw = PollRaw(public, 4)
+    assert raw.post(b"40") == (200, b"ok")  # the request and its packet: 2 of 4
+    assert raw.poll()[0] == 200  # the CONNECT's answer: 3 of 4
+    assert raw.post(b"3") == (200, b"ok")  # the request: 4 of 4 (the pong is refused)
+    status, body = raw.post(b"3")
+    assert status == 429 and json.loads(body) == {"code": 3, "message": "Too many requests"}
+    _, text = http_get(metrics_url)
+    assert Metrics(text).get("roomcast_gateway_polling_errors_total", reason="rate_limited") == 1
+    proc.stop()
