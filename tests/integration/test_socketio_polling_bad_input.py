@@ -1,4 +1,5 @@
-"""Bad input on Engine.IO HTTP long-polling (``/socket.io/?transport=polling``), sent raw.
+"""Engine.IO HTTP long-polling (``/socket.io/?transport=polling``) spoken raw: a session step
+by step, the upgrade step by step, and bad input.
 
 Documented outcomes (gateway/polling.py, architecture §4): an unknown ``sid`` is 400
 ``{"code":1,"message":"Session ID unknown"}``; a wrong ``EIO`` for a session, a malformed payload
@@ -21,8 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
-from gateway.eio_polling import decode_payload
+from gateway.eio_polling import decode_payload, encode_payload
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import Event, Metrics, WsClient, http_get
@@ -341,3 +343,47 @@ def test_requests_over_the_inbound_budget_get_429(sc: SailsCluster) -> None:
     _, text = http_get(metrics_url)
     assert Metrics(text).get("roomcast_gateway_polling_errors_total", reason="rate_limited") == 1
     proc.stop()
+
+
+@EIOS
+def test_upgrade_carries_the_socket_with_what_was_queued_and_in_flight(
+    sc: SailsCluster, check: Bystanders, sdk: Any, eio: int
+) -> None:
+    """The upgrade step by step: ``2probe``/``3probe`` on the new WebSocket, a poll meanwhile
+    gets a noop, a push during the upgrade and the answer to a virtual request made over
+    polling both arrive on the WebSocket after ``5``; the old sid is gone from polling."""
+    unknown = errors(sc, "unknown_sid")
+    before = sc.cluster.metrics(0).get("roomcast_gateway_upgrades_total")
+    raw = PollRaw(sc.public(0), eio)
+    if eio == 4:
+        assert raw.post(b"40") == (200, b"ok")
+    raw.packets_until("40")
+    slow = {"method": "post", "url": "/slow", "data": {"seconds": 0.5 * T}, "headers": {}}
+    request = "421" + json.dumps(["post", slow])
+    assert raw.post(encode_payload(eio, [request.encode()])) == (200, b"ok")
+    url = sc.public(0).replace("http://", "ws://")
+    query = f"EIO={eio}&transport=websocket&sid={raw.sid}"
+    with connect(f"{url}/socket.io/?{query}", open_timeout=10 * T) as ws:
+        ws.send("2probe")
+        assert ws.recv(timeout=10 * T) == "3probe"
+        assert decode_payload(eio, raw.poll()[1]) == ["6"]  # the paused poll is drained
+        sdk.sockets.broadcast(raw.sid, "news", "during the upgrade")
+        ws.send("5")
+        got: list[str] = []
+        while len(got) < 2:
+            frame = ws.recv(timeout=10 * T)
+            assert isinstance(frame, str)
+            if frame != "2":
+                got.append(frame)
+        assert '42["news","during the upgrade"]' in got
+        (ack,) = [f for f in got if f.startswith("431")]
+        assert json.loads(ack[3:])[0]["statusCode"] == 200
+        sdk.sockets.broadcast(raw.sid, "news", "after")
+        frame = ws.recv(timeout=10 * T)
+        while frame == "2":
+            frame = ws.recv(timeout=10 * T)
+        assert frame == '42["news","after"]'
+        status, body = raw.poll()
+        assert status == 400 and json.loads(body)["code"] == 1
+    assert sc.cluster.metrics(0).get("roomcast_gateway_upgrades_total") == before + 1
+    assert errors(sc, "unknown_sid") == unknown + 1
