@@ -387,3 +387,41 @@ def test_upgrade_carries_the_socket_with_what_was_queued_and_in_flight(
         assert status == 400 and json.loads(body)["code"] == 1
     assert sc.cluster.metrics(0).get("roomcast_gateway_upgrades_total") == before + 1
     assert errors(sc, "unknown_sid") == unknown + 1
+
+
+def test_a_draining_gateway_answers_pending_polls_with_close(sc: SailsCluster) -> None:
+    """SIGTERM: the pending poll of each session gets the close packet, the gateway exits 0
+    with a clean log (no task left pending on a poll)."""
+    proc, public = extra_gateway(sc, "gw-drain")
+    sessions = [PollRaw(public, eio) for eio in (4, 3)]
+    for raw in sessions:
+        if raw.eio == 4:
+            assert raw.post(b"40") == (200, b"ok")
+        raw.packets_until("40")
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+    results: list[list[str]] = []
+
+    def poll(raw: PollRaw) -> None:
+        status, body = raw.poll()
+        results.append(decode_payload(raw.eio, body) if status == 200 else [f"status {status}"])
+
+    threads = [threading.Thread(target=poll, args=(raw,)) for raw in sessions]
+    for thread in threads:
+        thread.start()
+    deadline_poll(
+        lambda: (
+            Metrics(http_get(metrics_url)[1]).get(
+                "roomcast_gateway_polling_requests_total", method="GET"
+            )
+            >= 6
+        ),  # two handshakes, two CONNECT polls, and the two pending polls
+        10 * T,
+        message="both polls to be pending",
+    )
+    proc.stop()
+    proc.check_log()
+    for thread in threads:
+        thread.join(10 * T)
+    assert len(results) == 2
+    for packets in results:
+        assert "1" in packets, packets
