@@ -399,6 +399,12 @@ def test_a_draining_gateway_answers_pending_polls_with_close(sc: SailsCluster) -
             assert raw.post(b"40") == (200, b"ok")
         raw.packets_until("40")
     metrics_url = str(proc.info["internal"]) + "/metrics"
+
+    def gets() -> float:
+        text = http_get(metrics_url)[1]
+        return Metrics(text).get("roomcast_gateway_polling_requests_total", method="GET")
+
+    before = gets()
     results: list[list[str]] = []
 
     def poll(raw: PollRaw) -> None:
@@ -408,16 +414,7 @@ def test_a_draining_gateway_answers_pending_polls_with_close(sc: SailsCluster) -
     threads = [threading.Thread(target=poll, args=(raw,)) for raw in sessions]
     for thread in threads:
         thread.start()
-    deadline_poll(
-        lambda: (
-            Metrics(http_get(metrics_url)[1]).get(
-                "roomcast_gateway_polling_requests_total", method="GET"
-            )
-            >= 6
-        ),  # two handshakes, two CONNECT polls, and the two pending polls
-        10 * T,
-        message="both polls to be pending",
-    )
+    deadline_poll(lambda: gets() == before + 2, 10 * T, message="both polls to be pending")
     proc.stop()
     proc.check_log()
     for thread in threads:
