@@ -16,6 +16,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -422,3 +423,34 @@ def test_a_draining_gateway_answers_pending_polls_with_close(sc: SailsCluster) -
     assert len(results) == 2
     for packets in results:
         assert "1" in packets, packets
+
+
+def test_session_bound_and_idle_polls(sc: SailsCluster) -> None:
+    """Polling sessions count against --max-connections (then 503, counted); a poll with
+    nothing to say is answered with a noop after --sio-poll-timeout, and the session lives on."""
+    proc, public = extra_gateway(
+        sc, "gw-bound", "--max-connections", "1", "--sio-poll-timeout", str(1.0 * T)
+    )
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+    raw = PollRaw(public, 4)
+    assert raw.post(b"40") == (200, b"ok")
+    raw.packets_until("40")
+    url = urllib.parse.urlsplit(public)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=10 * T)
+    try:
+        conn.request("GET", raw.path(sid=False))
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 503
+    metrics = Metrics(http_get(metrics_url)[1])
+    assert metrics.get("roomcast_gateway_polling_errors_total", reason="full") == 1
+    assert metrics.get("roomcast_gateway_rejected_total", reason="max_connections") == 1
+    started = time.monotonic()
+    status, body = raw.poll()
+    assert (status, decode_payload(4, body)) == (200, ["6"])
+    assert time.monotonic() - started >= 0.9 * T
+    assert raw.post(b"2probe") == (200, b"ok")  # still served
+    assert "3probe" in raw.packets_until("3probe")
+    proc.stop()
