@@ -158,7 +158,7 @@ class PollingSession(SioPeer):
         self.sessions.by_sid.pop(self.sid, None)
         poll = self.queue.poll
         if poll is not None and not poll.done():
-            poll.set_result(eio_polling.NOOP)
+            poll.set_result(self.frame(eio_polling.NOOP))
         self.queue.poll = None
 
     def client_closed(self) -> None:
