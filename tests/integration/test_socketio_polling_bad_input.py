@@ -454,3 +454,29 @@ def test_session_bound_and_idle_polls(sc: SailsCluster) -> None:
     assert raw.post(b"2probe") == (200, b"ok")  # still served
     assert "3probe" in raw.packets_until("3probe")
     proc.stop()
+
+
+def test_a_session_that_stops_polling_is_cut_at_its_send_queue_bound(
+    sc: SailsCluster, sdk: Any
+) -> None:
+    """Deliveries queue for the next poll within --max-send-queue-bytes; past it the session
+    is closed as a slow consumer (counted), and the next poll gets the close packet."""
+    proc, public = extra_gateway(sc, "gw-slow", "--max-send-queue-bytes", "8192")
+    metrics_url = str(proc.info["internal"]) + "/metrics"
+    raw = PollRaw(public, 4)
+    assert raw.post(b"40") == (200, b"ok")
+    raw.packets_until("40")
+    sdk.sockets.broadcast(raw.sid, "news", "a" * 1000)
+    sdk.sockets.broadcast(raw.sid, "news", "b" * 1000)
+    seen = raw.packets_until('42["news","b')  # one payload, or two if a poll came between
+    assert [p[:12] for p in seen if p.startswith("42")] == ['42["news","a', '42["news","b']
+    for _ in range(12):  # 12 KB for a session that does not poll
+        sdk.sockets.broadcast(raw.sid, "news", "c" * 1000)
+
+    def slow() -> bool:
+        text = http_get(metrics_url)[1]
+        return Metrics(text).get("roomcast_gateway_disconnects_total", reason="slow_consumer") == 1
+
+    deadline_poll(slow, 10 * T, message="the session to be cut as a slow consumer")
+    raw.assert_closed()
+    proc.stop()
