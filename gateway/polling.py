@@ -34,7 +34,16 @@ from gateway.tokens import TokenError
 if TYPE_CHECKING:
     from gateway.hub import Gateway
 
-__all__ = ["PollOutlet", "PollingHandler", "PollingSession", "Sessions", "polling_rule"]
+__all__ = [
+    "PollOutlet",
+    "PollingHandler",
+    "PollingSession",
+    "PollingSessionV3",
+    "PollingSessionV4",
+    "Sessions",
+    "new_session",
+    "polling_rule",
+]
 
 # Engine.IO's HTTP error codes (the body of a 400/403).
 E_TRANSPORT_UNKNOWN, E_UNKNOWN_SID, E_BAD_HANDSHAKE, E_BAD_REQUEST, E_FORBIDDEN, E_VERSION = range(
@@ -110,7 +119,8 @@ class PollOutlet(Outlet):
 
 
 class PollingSession(SioPeer):
-    """One Socket.IO socket carried by HTTP long-polling requests."""
+    """One Socket.IO socket carried by HTTP long-polling requests (made by :func:`new_session`,
+    as :class:`PollingSessionV3` or :class:`PollingSessionV4`)."""
 
     queue: PollOutlet
 
@@ -228,6 +238,21 @@ class PollingSession(SioPeer):
         if self.ended_at is not None:
             return
         super().tick(now)
+
+
+class PollingSessionV3(PollingSession):
+    """EIO=3: length-prefixed fragments."""
+
+
+class PollingSessionV4(PollingSession):
+    """EIO=4: bare fragments."""
+
+
+def new_session(gateway: Gateway, sessions: Sessions, eio: int, request: Any) -> PollingSession:
+    """A session of the version's own class: the delivery loop frames a message once per class
+    of recipient (``fan_out``), and v3 and v4 fragments differ."""
+    cls = PollingSessionV3 if eio == 3 else PollingSessionV4
+    return cls(gateway, sessions, eio, request)
 
 
 class Sessions:
@@ -449,7 +474,7 @@ class PollingHandler(tornado.web.RequestHandler):
             gateway.reject("max_connections")
             self._refuse(503, "full")
             return
-        session = PollingSession(gateway, self.sessions, int(eio), self.request)
+        session = new_session(gateway, self.sessions, int(eio), self.request)
         session.sdk_ok = sails.sdk_version_ok(
             _query(self.request, "__sails_io_sdk_version") or None
         )

@@ -21,6 +21,7 @@ from tests.integration.test_sails_support import (
     NodeDriver,
     SailsCluster,
     assert_jwr_shape,
+    extra_gateway,
     node_driver,
     sails_cluster,
 )
@@ -159,3 +160,29 @@ def test_sails_io_js_polling_then_websocket(js: NodeDriver, sc: SailsCluster, sd
     assert js.event(classic, "shout") == ("shout", ["héllo 🌍"])
     assert js.event(held, "shout") == ("shout", ["héllo 🌍"])
     assert js.state(held)["transport"] == "polling"
+
+
+def test_heartbeats_over_polling_keep_both_versions_connected(
+    js: NodeDriver, sc: SailsCluster, sdk: Any
+) -> None:
+    """Short heartbeats: the v4 server's pings and the v3 client's pings travel in polls and
+    POSTs; after several intervals both clients are still connected and served. One broadcast
+    reaches a v3 and a v4 polling client of one gateway, each in its own payload encoding."""
+    interval = 0.5 * T
+    _, public = extra_gateway(
+        sc, "gw-beat", "--sio-ping-interval", str(interval), "--sio-ping-timeout", str(interval)
+    )
+    modern, sid = js.sio(4, public, query=SDK, transports=["polling"], listen=["news"])
+    classic, _ = js.sails(public, listen=["news"], transports=["polling"])
+    assert sid
+    for _ in range(3):
+        js.seen(modern, "ping", timeout=10 * T)  # engine.io-client 6 reports each server ping
+    room = f"beat-{uuid.uuid4().hex[:12]}"
+    join(js, modern, room)
+    assert js.jwr(classic, "post", "/rooms/join", {"room": room})["jwr"]["statusCode"] == 200
+    sdk.sockets.broadcast(room, "news", "still here")
+    assert js.event(modern, "news") == ("news", ["still here"])
+    assert js.event(classic, "news") == ("news", ["still here"])
+    for client in (modern, classic):
+        state = js.state(client)
+        assert state["connected"] is True and state["transport"] == "polling"
