@@ -10,6 +10,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
@@ -22,6 +23,7 @@ from gateway.api import Api
 from gateway.app import make_internal_app, make_public_app
 from gateway.config import GatewayConfig
 from gateway.hub import Gateway
+from gateway.listener import Listener, connection_caps
 from gateway.metrics import GatewayMetrics
 from gateway.requester import parse_allowlist
 from roomcast import curve
@@ -155,7 +157,20 @@ def build_parser() -> EnvArgumentParser:
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="open client connections (count); more get 503 before the upgrade",
+        help="open client connections (count), and connections still sending their request; "
+        "more get 503 before the upgrade; lowered to what the open-files limit allows",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        help="seconds for a request's headers to arrive (both ports), then the connection closes",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds for a request's body to arrive (both ports), then the connection closes",
     )
     p.add_argument(
         "--max-frames-per-second",
@@ -173,7 +188,8 @@ def build_parser() -> EnvArgumentParser:
         "--abuse-strikes",
         type=int,
         default=d.abuse_strikes,
-        help="refused frames (count) in a row before close 4003",
+        help="refused frames (count; pings included) before close 4003; reset only once the "
+        "client slowed down enough to refill half its --frame-burst",
     )
     p.add_argument(
         "--max-send-queue-bytes",
@@ -235,7 +251,7 @@ def build_parser() -> EnvArgumentParser:
         "--sio-connect-timeout",
         type=float,
         default=d.sio_connect_timeout_s,
-        help="seconds a Socket.IO v4 client has to CONNECT; then 1008",
+        help="seconds a Socket.IO v4 client has to CONNECT (and so present its token); then 1008",
     )
     p.add_argument(
         "--sio-poll-timeout",
@@ -324,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         client_publish=tuple(a.client_publish),
         handshake_headers=handshake_headers,
         max_connections=a.max_connections,
+        header_timeout_s=a.header_timeout,
+        body_timeout_s=a.body_timeout,
         max_frames_per_s=a.max_frames_per_second,
         frame_burst=a.frame_burst,
         abuse_strikes=a.abuse_strikes,
@@ -413,11 +431,34 @@ def bind_port(host: str, port: int, flag: str, prog: str = "roomcast gateway") -
 
 
 def _listen(
-    app: tornado.web.Application, sockets: list[Any], *, max_body_size: int | None = None
-) -> tuple[Any, int]:
-    server = tornado.httpserver.HTTPServer(app, max_body_size=max_body_size)
+    app: tornado.web.Application,
+    sockets: list[Any],
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    *,
+    admit: Callable[[int], bool] = lambda pending: True,
+    max_body_size: int | None = None,
+) -> tuple[Listener, int]:
+    server = Listener(
+        app,
+        max_body_size=max_body_size,
+        idle_connection_timeout=config.header_timeout_s,
+        body_timeout=config.body_timeout_s,
+    )
+    server.limit(
+        admit=admit,
+        refused=lambda: metrics.rejected.labels("max_connections").inc(),
+        accept_failed=lambda reason: metrics.accept_errors.labels(reason).inc(),
+    )
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: only the reserve is kept
+        return 0
 
 
 async def serve(config: GatewayConfig, public_socks: list[Any], internal_socks: list[Any]) -> None:
@@ -430,7 +471,26 @@ async def serve(config: GatewayConfig, public_socks: list[Any], internal_socks: 
     gateway.start()
     if config.curve_key:
         log.info("CURVE on: the links to the router are encrypted and authenticated")
-    public, port = _listen(make_public_app(gateway), public_socks)
+    open_files, in_use = resource.getrlimit(resource.RLIMIT_NOFILE)[0], _descriptors_in_use()
+    cap, hard = connection_caps(config.max_connections, open_files, in_use)
+    if cap < config.max_connections:
+        log.warning(
+            "--max-connections %d lowered to %d by the open-files limit (%d, %d in use)",
+            config.max_connections,
+            cap,
+            open_files,
+            in_use,
+        )
+    gateway.connection_cap = cap
+    public, port = _listen(
+        make_public_app(gateway),
+        public_socks,
+        config,
+        metrics,
+        admit=lambda pending: pending + len(gateway.conns) < hard,
+    )
+    gateway.pending_connections = lambda: public.pending
+    metrics.pending_connections.set_function(lambda: public.pending)
     api = Api(
         config.router,
         config.api_keys,
@@ -444,6 +504,8 @@ async def serve(config: GatewayConfig, public_socks: list[Any], internal_socks: 
     internal, internal_port = _listen(
         make_internal_app(gateway, registry, api),
         internal_socks,
+        config,
+        metrics,
         # Above our own limit, so oversize bodies get our 413 rather than a dropped connection.
         max_body_size=4 * config.api_max_body_bytes,
     )

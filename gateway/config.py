@@ -53,16 +53,20 @@ class GatewayConfig:
     # Handshake headers action handlers see (gateway/requester.py), lower case; never authorization
     handshake_headers: tuple[str, ...] = DEFAULT_HANDSHAKE_HEADERS
     # Abuse limits
-    max_connections: int = 100_000  # then 503 before the upgrade
+    max_connections: int = 100_000  # then 503 (connections before their upgrade count too)
+    header_timeout_s: float = 10.0  # request headers must arrive within, on both ports
+    body_timeout_s: float = 30.0  # a request body must arrive within, on both ports
     max_frames_per_s: float = 1000.0  # per connection, inbound; then 429
     frame_burst: int = 2000
-    abuse_strikes: int = 200  # refused frames in a row; then close 4003
+    abuse_strikes: int = 200  # refused frames before the bucket is half full again; then 4003
     # Limits
     max_send_queue_bytes: int = 4 * 1024 * 1024  # then close 4001
     max_frame_bytes: int = 1024 * 1024  # inbound; then close 1009
     sio_ping_interval_s: float = 25.0  # Engine.IO heartbeats (Sails' defaults)
     sio_ping_timeout_s: float = 60.0
-    sio_connect_timeout_s: float = 45.0  # EIO4: CONNECT "/" due within (Socket.IO's default)
+    # EIO4: CONNECT "/" (which may carry the token) due within; until then the connection
+    # holds a --max-connections slot unauthenticated (Socket.IO's own default is 45 s)
+    sio_connect_timeout_s: float = 5.0
     # Engine.IO HTTP long-polling (gateway/polling.py); a POST body is bounded by max_frame_bytes
     sio_poll_timeout_s: float = 30.0  # a poll with nothing to say is answered with a noop
     sio_post_body_timeout_s: float = 10.0  # a POST body that takes longer: cut, session closed

@@ -246,8 +246,17 @@ class Connection(Peer, tornado.websocket.WebSocketHandler):
         if gateway.draining:
             self.refuse_http(503, "draining", "this gateway is shutting down: connect to another")
             return
-        if len(gateway.conns) >= gateway.config.max_connections:
+        others = max(gateway.pending_connections() - 1, 0)  # half-open ones count too
+        if len(gateway.conns) + others >= gateway.connection_cap:
             self.refuse_http(503, "max_connections", "this gateway is full: connect to another")
+            return
+        origin = self.request.headers.get("Origin")
+        allowed = gateway.config.allowed_origins
+        if allowed and origin is not None and origin not in allowed:
+            # Exactly the list: Tornado would pass an Origin equal to the Host header (DNS
+            # rebinding: a hostile name resolving here) or a Sec-Fetch-Site: same-origin
+            # without asking. A request with no Origin is not a web page's (browsers send it).
+            self.refuse_http(403, "origin", "this origin may not open sockets here")
             return
         try:
             self.identity = gateway.authenticate(self.request_token())
@@ -263,14 +272,14 @@ class Connection(Peer, tornado.websocket.WebSocketHandler):
         self.finish({"error": reason, "message": message})
 
     def check_origin(self, origin: str) -> bool:
-        # Exact matches only, like Sails' onlyAllowOrigins. Tornado asks only when the client
-        # sent an Origin that is not the gateway's own (same-origin pages pass): browsers always
-        # send one, so a request without it is not a web page's.
-        allowed = self.gateway.config.allowed_origins
-        if not allowed or origin in allowed:
-            return True
-        self.gateway.reject("origin")
-        return False
+        # get() already refused every Origin outside a configured allowlist (exact matches,
+        # like Sails' onlyAllowOrigins); without one, any origin may connect.
+        return True
+
+    def on_ping(self, data: bytes) -> None:
+        # Tornado answers every ping itself: a ping flood spends the same budget as any frame,
+        # so it ends in 4003 like one.
+        self.over_limit()
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.take_stream()

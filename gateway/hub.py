@@ -28,7 +28,7 @@ from gateway.tokens import TokenError, TokenVerifier
 from gateway.upstream import Upstream
 from roomcast.core import wire
 from roomcast.core.closecodes import CloseCode
-from roomcast.core.errors import Forbidden, RoomcastError
+from roomcast.core.errors import ActionFailed, Forbidden, RoomcastError
 
 __all__ = ["Gateway"]
 
@@ -51,6 +51,10 @@ class Gateway:
         # Requester context (gateway/requester.py) of every local socket, for the router.
         self.contexts: dict[str, bytes] = {}
         self.conns: dict[str, Peer] = {}
+        # --max-connections as the open-files limit allows, and the public connections still
+        # in their HTTP exchange (this one included): both set by the process's edge.
+        self.connection_cap = config.max_connections
+        self.pending_connections: Callable[[], int] = lambda: 0
         self.draining = False
         self.outlets: dict[str, Outlet] = {}  # the delivery loop's view of self.conns
         self._dirty: list[Outlet] = []
@@ -316,6 +320,14 @@ class Gateway:
         timeout = self.config.request_timeout_s if slow else None
         reply = await self.upstream.call(make, timeout_s=timeout)
         self.metrics.command_duration.labels(name).observe(time.perf_counter() - started)
+        size = len(reply.body) + len(reply.headers)
+        limit = self.config.max_send_queue_bytes // 2
+        if name == "request" and size > limit:
+            # Queued, it would cut the asker off as a slow consumer (4001): an error instead.
+            raise ActionFailed(
+                f"the action's response of {size} bytes is larger than a connection may be "
+                f"sent at once ({limit} bytes)"
+            )
         return reply
 
     def count_error(self, err: RoomcastError) -> None:

@@ -117,7 +117,27 @@ class GatewayMetrics:
         self.upgrades = counter(
             "upgrades_total", "Socket.IO sessions upgraded from long-polling to WebSocket."
         )
+        self.id_conflicts = counter(
+            "id_conflicts_total",
+            "Hellos refused because another live gateway process holds this --gateway-id.",
+        )
+        self.heartbeats_unanswered = counter(
+            "heartbeats_unanswered_total",
+            "Times the router stopped answering this gateway's heartbeats (its commands no "
+            "longer reached the router): the gateway went not-ready and said Hello again.",
+        )
         self.router_link = gauge("router_link", "1 while connected to the router and resynced.")
+        self.accept_errors = counter(
+            "accept_errors_total",
+            "accept() calls that ran out of resources (emfile, enfile, enobufs, enomem): "
+            "accepting paused for a backoff.",
+            ("reason",),
+        )
+        self.pending_connections = gauge(
+            "pending_connections",
+            "Public connections still in their HTTP exchange (before the WebSocket upgrade); "
+            "they count toward --max-connections.",
+        )
         self.delivery_latency = histogram(
             "delivery_latency_seconds", "Router accept to frames queued for clients."
         )

@@ -114,6 +114,10 @@ class PlainHandler(Connection):
                         recover=op.recover,
                         since_epoch=op.since_epoch,
                         since_offset=op.since_offset,
+                        client=True,
+                        # The answer must fit in this connection's send queue (else 4001, and
+                        # the client would reconnect and ask again): larger says recovered=false.
+                        recover_max_bytes=self.gateway.config.max_send_queue_bytes // 2,
                     ),
                 )
                 if op.recover:  # {"recovered", "epoch", "offset", "messages": [...]}

@@ -470,7 +470,7 @@ class PollingHandler(tornado.web.RequestHandler):
         if gateway.draining:
             self._refuse(503, "draining")
             return
-        if len(gateway.conns) >= config.max_connections:
+        if len(gateway.conns) >= gateway.connection_cap:  # sessions, as the hub counts them
             gateway.reject("max_connections")
             self._refuse(503, "full")
             return

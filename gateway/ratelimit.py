@@ -1,9 +1,12 @@
 """Per-connection inbound rate limit (pure): a token bucket plus a strike count.
 
 ``allow(now)`` spends one token per inbound frame; tokens refill at ``rate_per_s`` up to
-``burst``. A frame over the limit is refused (the shell answers 429) and is a strike; strikes
-reset once the client is back under the limit. ``abusive`` says the client kept flooding for
-``max_strikes`` refused frames in a row: the shell closes it with 4003.
+``burst``. A frame over the limit is refused (the shell answers 429) and is a strike. Strikes
+reset only once the client is really back under the limit — its bucket refilled to half the
+burst (at least one token) — not when one frame slips through on the trickle of the refill:
+a sustained flood admits a frame every ``1/rate_per_s`` seconds and must still add up.
+``abusive`` says the client kept flooding for ``max_strikes`` refused frames without slowing
+down: the shell closes it with 4003. Every inbound frame counts, WebSocket pings included.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ class RateLimit:
         if elapsed > 0:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
             self._last = now
+        if self._tokens >= max(1.0, self.burst / 2):
+            self.strikes = 0  # it slowed down long enough to refill half its burst
         if self._tokens >= 1.0:
             self._tokens -= 1.0
-            self.strikes = 0
             return True
         self.strikes += 1
         return False

@@ -259,7 +259,12 @@ class SioPeer(Peer):
                 packet.ack,
                 "recover",
                 lambda ref: wire.Query(
-                    ref=ref, kind=wire.QueryKind.RECOVER, target=room, epoch=epoch, offset=offset
+                    ref=ref,
+                    kind=wire.QueryKind.RECOVER,
+                    target=room,
+                    epoch=epoch,
+                    offset=offset,
+                    max_bytes=self.gateway.config.max_send_queue_bytes // 2,  # see plain_handler
                 ),
             )
         )

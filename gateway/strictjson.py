@@ -16,7 +16,9 @@ __all__ = ["loads"]
 
 def loads(text: str | bytes) -> Any:
     """``json.loads`` refusing non-finite numbers (ValueError), as it refuses other bad JSON."""
-    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _DECODER.decode(text)
 
 
 def _not_json(constant: str) -> object:
@@ -28,3 +30,8 @@ def _finite(literal: str) -> float:
     if math.isinf(value):  # 1e999 is json, but it would go out as Infinity, which is not
         raise ValueError("number out of range")
     return value
+
+
+# One decoder for every frame: json.loads with hooks builds a new JSONDecoder per call, which
+# cost more than the parse itself on small frames (5.8 us against 2.2 us for 150 bytes).
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)

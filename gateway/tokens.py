@@ -15,7 +15,9 @@ import jwt
 
 from gateway.policy import Identity
 
-__all__ = ["TokenError", "TokenVerifier"]
+__all__ = ["MAX_SUB_BYTES", "TokenError", "TokenVerifier"]
+
+MAX_SUB_BYTES = 256  # UTF-8; the router's bound on presence user ids (router/queries.py)
 
 _HMAC = ("HS256",)
 _PUBLIC = ("RS256", "ES256")
@@ -103,6 +105,10 @@ def _identity(claims: dict[str, Any]) -> Identity:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise TokenError("token sub must be a non-empty string")
+    if len(sub.encode()) > MAX_SUB_BYTES:
+        # It becomes the presence user id (pushed to others, kept by the router): the same
+        # bound as a backend's set_presence user id.
+        raise TokenError(f"token sub is longer than {MAX_SUB_BYTES} bytes")
     return Identity(
         user=sub,
         join=_patterns(claims, "rooms"),

@@ -15,6 +15,14 @@ gateway turns to the other router when the one it greets refuses (``router_passi
 unreachable for two Hellos, or does not answer within ``hello_timeout_s``, and at once to one
 whose beats are newer than the greeted one's (it serves). In ``ready``, a heartbeat that cannot
 be sent (nothing connected: the router's process is gone) sends the link back to ``hello``.
+
+The DEALER's routing id is ``gw:`` + the gateway id + NUL + a session chosen at each start, and
+no one but the router ever sees it: another process that learnt our id (from the fanout) cannot
+take our pipe over or speak for us, and a second gateway started with the same ``--gateway-id``
+is refused (``conflict``, logged and counted) until this one leaves. Routers that say so in
+their HelloAck answer every heartbeat; when those answers stop for ``router_timeout_s`` while
+the router itself still beats, our commands no longer reach it: the link goes back to
+``hello`` (not ready) and greets it again.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from roomcast.core import wire
 from roomcast.core.errors import (
+    Conflict,
     RouterPassive,
     RouterUnavailable,
     Timeout,
@@ -46,6 +55,8 @@ __all__ = ["Upstream", "UpstreamHandler"]
 log = logging.getLogger("roomcast.gateway.upstream")
 
 _GATEWAY_ID_PREFIX = b"gw:"  # the router derives our topic from this routing id
+_RESYNC_BATCH_BYTES = 1024 * 1024
+_MAX_BEATS_IN_FLIGHT = 64  # numbered heartbeats awaiting their answer (older ones forgotten)
 SUB_BATCH = 64
 _MAX_PLAUSIBLE_GAP = 10_000_000  # far above any high-water mark a router is given
 _GOODBYE_LINGER_MS = 1000
@@ -71,6 +82,7 @@ class Upstream:
         self.metrics = metrics
         self.handler = handler
         self.node_id = config.gateway_id or secrets.token_hex(6)
+        self.session = secrets.token_hex(16)  # this process's; see the module docstring
         self.state = "hello"
         self.epoch = ""
         self.link_lost_at = time.monotonic()
@@ -79,7 +91,9 @@ class Upstream:
         self._refused = False  # logged once per refusal streak, not per Hello retry
         self._resync_ref = 0
         self._expected_seq = 0
-        self._next_ref = 0
+        # Refs start at a random point: a second process with our id (refused, but subscribed to
+        # our topic) must not take our HelloAck or replies for its own.
+        self._next_ref = secrets.randbits(48)
         self._pending: dict[int, asyncio.Future[wire.Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,13 +108,20 @@ class Upstream:
         self._refused_at = [0.0] * len(self._links)  # when each last refused us (standing by)
         self._trying_since: float | None = None  # greeting the current router since
         self._hello_failures = 0  # Hellos in a row that found nothing connected
+        self._conflict = False  # our id is held by another live process (logged once a streak)
+        self._beat_acks = False  # the router answers our numbered heartbeats
+        # Numbered heartbeats awaiting their answer -> when each was sent, oldest first.
+        self._beat_refs: dict[int, float] = {}
 
     def _link(
         self, ctx: zmq.Context[zmq.Socket[bytes]], index: int
     ) -> tuple[zmq.Socket[bytes], BatchReader, zmq.Socket[bytes], BatchReader]:
         dealer = ctx.socket(zmq.DEALER)
         self._curve.apply(dealer)
-        dealer.setsockopt(zmq.ROUTING_ID, _GATEWAY_ID_PREFIX + self.node_id.encode())
+        dealer.setsockopt(
+            zmq.ROUTING_ID,
+            _GATEWAY_ID_PREFIX + self.node_id.encode() + b"\x00" + self.session.encode(),
+        )
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 200_000)
@@ -115,8 +136,9 @@ class Upstream:
         reader = BatchReader(
             sub, lambda batch: self._on_link_batch(index, batch), batch_size=SUB_BATCH
         )
-        # The DEALER receives nothing (replies come on our topic) but must be drained anyway.
-        dealer_reader = BatchReader(dealer, lambda batch: None)
+        # Replies come on our topic; the DEALER only hears why a Hello was refused before we
+        # had a stream (another process holds our id).
+        dealer_reader = BatchReader(dealer, lambda batch: self._on_direct(index, batch))
         return dealer, dealer_reader, sub, reader
 
     @property
@@ -232,12 +254,19 @@ class Upstream:
                 self._restart("router reset")
             return
         if self.state == "hello":
-            if isinstance(msg, wire.Deliver) and seq_frame:
-                # The rest of a broken stream (after a gap, a Reset or silence), discarded
-                # until the resync: these never reach a client, so they count as lost too.
-                self.metrics.lost.inc()
-                return
-            self._on_hello_answer(msg, seq_frame, now)
+            parts = [wire.decode(b) for b in msg.bodies] if isinstance(msg, wire.Bundle) else [msg]
+            for part in parts:
+                if self.state != "hello":
+                    # The rest of a bundle that began with our HelloAck: the new stream.
+                    self._on_stream(part, alone=False)
+                elif isinstance(part, wire.Deliver) and seq_frame:
+                    # The rest of a broken stream (after a gap, a Reset or silence), discarded
+                    # until the resync: these never reach a client, so they count as lost too
+                    # (unless the stream is another process's, which holds our id).
+                    if not self._conflict:
+                        self.metrics.lost.inc()
+                else:
+                    self._on_hello_answer(part, seq_frame, now)
             return
         seq = wire.unpack_seq(seq_frame)
         if seq != self._expected_seq:
@@ -271,6 +300,13 @@ class Upstream:
             self._on_reply(msg)
 
     def _on_reply(self, reply: wire.Reply) -> None:
+        if reply.ref in self._beat_refs:
+            # Answers come in order: this one also stands for any older one still listed.
+            for ref in list(self._beat_refs):
+                del self._beat_refs[ref]
+                if ref == reply.ref:
+                    break
+            return
         if reply.ref == self._resync_ref and self.state == "resync":
             self.state = "ready"
             self.metrics.resyncs.inc()
@@ -306,7 +342,36 @@ class Upstream:
                     )
                 return
             self._refused = False
+            if self._conflict:
+                self._conflict = False
+                log.info("gateway id %s is free again: linking", self.node_id)
             self._accept(msg, wire.unpack_seq(seq_frame), now)
+
+    def _on_direct(self, index: int, batch: Batch) -> None:
+        """A router answered a Hello on the DEALER: another live process holds our id."""
+        for parts in batch:
+            try:
+                msg = wire.decode(parts[-1])
+            except WireError:
+                self.metrics.wire_errors.inc()
+                continue
+            if (
+                index != self._current
+                or self.state != "hello"
+                or not isinstance(msg, wire.Reply)
+                or msg.ref != self._hello_ref
+                or msg.error != Conflict.code
+            ):
+                continue
+            self.metrics.id_conflicts.inc()
+            if not self._conflict:
+                self._conflict = True
+                log.error(
+                    "router refused gateway id %s: %s (is a second gateway running with the "
+                    "same --gateway-id?); not ready, retrying until the other one leaves",
+                    self.node_id,
+                    msg.message,
+                )
 
     def _accept(self, ack: wire.HelloAck, seq: int, now: float) -> None:
         self._trying_since = None
@@ -316,14 +381,20 @@ class Upstream:
         self.epoch = ack.epoch
         self._expected_seq = seq + 1
         self._last_beat = now
+        self._beat_acks = ack.heartbeat_acks
+        self._beat_refs.clear()
         self.state = "resync"
         batch: list[wire.SocketRooms] = []
-        size = self.config.resync_batch_sockets
+        size, nbytes = self.config.resync_batch_sockets, 0
         for item in self.handler.resync_state():
             batch.append(item)
-            if len(batch) >= size:
+            nbytes += len(item.socket) + len(item.user) + len(item.meta) + 8
+            nbytes += sum(len(room) + 2 for room in item.rooms)
+            # Bounded in bytes too: the router's commands port refuses messages over
+            # --max-message-bytes (16 MiB), and sockets in many long rooms add up.
+            if len(batch) >= size or nbytes >= _RESYNC_BATCH_BYTES:
                 self._send_quiet(wire.Resync(sockets=tuple(batch)))
-                batch = []
+                batch, nbytes = [], 0
         self._resync_ref = self.new_ref()
         self._send_quiet(wire.Resync(ref=self._resync_ref, sockets=tuple(batch), last=True))
 
@@ -349,6 +420,15 @@ class Upstream:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(RouterUnavailable("router link reset"))
+
+    def _heartbeat(self) -> wire.Heartbeat:
+        if not self._beat_acks:
+            return wire.Heartbeat(node_id=self.node_id)
+        ref = self.new_ref()
+        self._beat_refs[ref] = time.monotonic()
+        if len(self._beat_refs) > _MAX_BEATS_IN_FLIGHT:
+            del self._beat_refs[next(iter(self._beat_refs))]
+        return wire.Heartbeat(node_id=self.node_id, ref=ref)
 
     def _say_hello(self) -> None:
         self._hello_ref = self.new_ref()
@@ -413,7 +493,6 @@ class Upstream:
             await asyncio.sleep(self.config.hello_retry_s)
 
     async def _beat_loop(self) -> None:
-        beat = wire.Heartbeat(node_id=self.node_id)
         interval = self.config.heartbeat_interval_s
         woke = time.monotonic()
         while True:
@@ -425,15 +504,27 @@ class Upstream:
             if slept > interval + self.config.router_timeout_s:
                 # This process was frozen (SIGSTOP, a VM pause, a long stall of the loop): the
                 # router's stream is waiting unread, beats and any gap included. Read it before
-                # judging the router silent, or a gap in it would go uncounted.
+                # judging the router silent, or a gap in it would go uncounted. Heartbeats sent
+                # before the stall are judged no more: the next ones will be.
+                self._beat_refs.clear()
                 continue
             if now - self._last_beat > self.config.router_timeout_s:
                 self.metrics.router_timeouts.inc()
                 log.warning("no router heartbeat for %.1fs", self.config.router_timeout_s)
                 self._restart("router silent")
                 continue
+            waiting = now - next(iter(self._beat_refs.values()), now)
+            if waiting > self.config.router_timeout_s:
+                # The router beats (it lives) but no longer hears us: our pipe to it is gone.
+                self.metrics.heartbeats_unanswered.inc()
+                log.warning(
+                    "the router has not answered a heartbeat for %.1fs: saying Hello again",
+                    waiting,
+                )
+                self._restart("heartbeats unanswered")
+                continue
             try:
-                self.send(beat)
+                self.send(self._heartbeat())
             except RouterUnavailable:
                 if self._several:  # nothing connected: that router's process is gone
                     self._restart("router connection lost")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from roomcast.core.errors import (
         ActionFailed,
         BadRequest,
+        Conflict,
         Forbidden,
         InternalError,
         InvalidRoom,
@@ -46,6 +47,7 @@ __all__ = [
     "App",
     "BadRequest",
     "Cluster",
+    "Conflict",
     "Forbidden",
     "InternalError",
     "InvalidRoom",
@@ -72,6 +74,7 @@ __all__ = [
 _ERROR_NAMES = (
     "ActionFailed",
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "InternalError",
     "InvalidRoom",

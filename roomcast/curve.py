@@ -11,6 +11,14 @@ Certificates are pyzmq's (``zmq.auth.create_certificates``): ``NAME.key`` holds 
 * the router: its own ``.key_secret`` (``--curve-secret-key``; both routers of a primary/backup
   pair use the same one, since gateways and clients know one router key) and a directory of the
   clients' public ``.key`` files (``--curve-authorized-keys``);
+
+Keys have roles, from their file names in that directory: ``gateway*.key`` (gateways),
+``worker*.key`` (action workers), ``backend*.key`` (SDK clients). Only gateway keys (and the
+router's own) may subscribe to the fanout, which carries every delivery and every gateway id;
+the commands port admits every authorized key, and the router checks each message's role (the
+ZAP User-Id set here): only gateway keys may speak as a gateway, only worker keys as a worker.
+A key whose name has none of those prefixes keeps the old meaning, any role, and the router
+warns about it at start-up.
 * each gateway, worker and SDK client: its own ``.key_secret`` (``--curve-key``) and the
   router's public ``.key`` (``--curve-server-key``).
 
@@ -47,12 +55,16 @@ from zmq.utils import z85
 from roomcast.handshakes import ClientReport, Refusals, Report, watch
 
 __all__ = [
+    "ANY_ROLE",
+    "FANOUT_ZAP_DOMAIN",
     "PLAIN",
+    "ROLES",
     "ZAP_DOMAIN",
     "ServerCurve",
     "SocketOptions",
     "authorized_keys",
     "client_options",
+    "key_roles",
     "keygen",
     "main",
     "public_key",
@@ -66,6 +78,9 @@ PathLike = str | os.PathLike[str]
 # The ZAP domain of the router's CURVE sockets. With a domain set and ZAP_ENFORCE_DOMAIN, a
 # handshake fails (closed) when no authenticator is running, instead of admitting any key.
 ZAP_DOMAIN = b"roomcast"
+FANOUT_ZAP_DOMAIN = b"roomcast-fanout"  # the fanout: gateway keys only
+ROLES = ("gateway", "worker", "backend")  # key roles, by file-name prefix
+ANY_ROLE = "any"  # a key file named without a role prefix (older layouts)
 _KEY_CHARS = 40  # a Z85-encoded 32-byte key
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a certificate name (keygen)
 
@@ -143,14 +158,14 @@ def public_key(cert: PathLike) -> bytes:
     return _load(cert, secret=False)[0]
 
 
-def server_options(secret_cert: PathLike) -> SocketOptions:
+def server_options(secret_cert: PathLike, domain: bytes = ZAP_DOMAIN) -> SocketOptions:
     """Options making a socket a CURVE server holding ``secret_cert`` (a ``.key_secret`` file)."""
     _public, secret = _load(secret_cert, secret=True)
     assert secret is not None
     options: list[tuple[int, int | bytes]] = [
         (zmq.CURVE_SERVER, 1),
         (zmq.CURVE_SECRETKEY, secret),
-        (zmq.ZAP_DOMAIN, ZAP_DOMAIN),
+        (zmq.ZAP_DOMAIN, domain),
     ]
     enforce = getattr(zmq, "ZAP_ENFORCE_DOMAIN", None)  # libzmq >= 4.3 (a draft option before)
     if enforce is not None:
@@ -203,6 +218,16 @@ def authorized_keys(directory: PathLike) -> frozenset[bytes]:
     return keys
 
 
+def key_roles(directory: PathLike) -> dict[bytes, str]:
+    """Each authorized public key's role, from its file name (see the module docstring)."""
+    name = os.fspath(directory)
+    roles: dict[bytes, str] = {}
+    for entry in sorted(e for e in os.listdir(name) if e.endswith(".key")):
+        role = next((r for r in ROLES if entry.startswith(r)), ANY_ROLE)
+        roles[public_key(os.path.join(name, entry))] = role
+    return roles
+
+
 class _Authenticator(ThreadAuthenticator):
     """pyzmq's ZAP handler (on its own thread), admitting the keys of a fixed set.
 
@@ -211,25 +236,41 @@ class _Authenticator(ThreadAuthenticator):
     arguments. Only the authenticator's thread touches ``_peer``.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], keys: frozenset[bytes], refusals: Refusals) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        keys: frozenset[bytes],
+        refusals: Refusals,
+        roles: dict[bytes, str] | None = None,
+    ) -> None:
         zap_log = logging.getLogger("roomcast.curve.zap")
         # pyzmq's handler logs each client's public key at DEBUG: keep keys out of our logs.
         zap_log.setLevel(max(zap_log.getEffectiveLevel(), logging.INFO))
         super().__init__(ctx, log=zap_log)
         self._keys = keys
+        self._roles = roles or {}
         self._refusals = refusals
         self._peer = ""
         self.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
+        self.configure_curve_callback(FANOUT_ZAP_DOMAIN.decode(), credentials_provider=self)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         self._peer = msg[3].decode("ascii", "replace")[:64] if len(msg) > 3 else ""
         await super().handle_zap_message(msg)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if key in self._keys:
-            return True
-        self._refusals.unauthorized(self._peer or "an unknown address")
-        return False
+        if key not in self._keys:
+            self._refusals.unauthorized(self._peer or "an unknown address")
+            return False
+        role = self._roles.get(key, "router")  # not in the directory: the router's own key
+        if domain == FANOUT_ZAP_DOMAIN.decode() and role not in ("gateway", "router", ANY_ROLE):
+            self._refusals.wrong_role(self._peer or "an unknown address", role, "fanout")
+            return False
+        return True
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The ZMQ ``User-Id`` of a peer's messages: its key's role (never the key)."""
+        return self._roles.get(z85.encode(client_public_key), "router")
 
 
 class ServerCurve:
@@ -253,7 +294,8 @@ class ServerCurve:
         *,
         refused: Callable[[str], None] | None = None,
     ) -> None:
-        self.server = self.peer = PLAIN
+        self.server = self.peer = self.fanout = PLAIN
+        self._roles: dict[bytes, str] = {}
         self._ctx = ctx
         self._count = 0  # authorized client keys (for the log line)
         self._auth: _Authenticator | None = None
@@ -267,10 +309,14 @@ class ServerCurve:
                 "directory of the clients' public keys (curve authorized keys)"
             )
         self.server = dataclasses.replace(server_options(secret_cert), report=self._refusals.event)
+        self.fanout = dataclasses.replace(
+            server_options(secret_cert, FANOUT_ZAP_DOMAIN), report=self._refusals.event
+        )
         self.peer = client_options(secret_cert, secret_cert)
         clients = authorized_keys(authorized_dir)
         self._count = len(clients)
         self._keys = clients | {public_key(secret_cert)}
+        self._roles = key_roles(authorized_dir)
 
     @property
     def enabled(self) -> bool:
@@ -279,7 +325,7 @@ class ServerCurve:
     def start(self) -> None:
         if not self._keys or self._auth is not None:
             return
-        auth = _Authenticator(self._ctx, self._keys, self._refusals)
+        auth = _Authenticator(self._ctx, self._keys, self._refusals, self._roles)
         auth.start()  # binds the context's one ZAP endpoint: one authenticator per context
         self._auth = auth
         log.info(
@@ -287,6 +333,14 @@ class ServerCurve:
             self._count,
             self._refusals.where,
         )
+        untyped = sum(1 for role in self._roles.values() if role == ANY_ROLE)
+        if untyped:
+            log.warning(
+                "%d CURVE keys in %s have no role prefix (gateway*, worker*, backend*): they may "
+                "act as any role, a gateway's included",
+                untyped,
+                self._refusals.where,
+            )
 
     def stop(self) -> None:
         auth, self._auth = self._auth, None

@@ -222,6 +222,20 @@ class Refusals:
             "refused a CURVE handshake on %s: %s%s", endpoint, _failure(event, value), _more(held)
         )
 
+    def wrong_role(self, address: str, role: str, needed: str) -> None:
+        """An authorized key used where its role is not admitted (logged like ``unauthorized``;
+        the monitor's event counts it as an unauthorized key)."""
+        held = self._throttle.allow(f"wrong_role:{role}", time.monotonic())
+        if held is None:
+            return
+        log.warning(
+            "refused a CURVE client from %s: its key's role (%s) may not use the %s%s",
+            address,
+            role,
+            needed,
+            _more(held),
+        )
+
     def unauthorized(self, address: str) -> None:
         held = self._throttle.allow(UNAUTHORIZED_KEY, time.monotonic())
         if held is None:

@@ -51,7 +51,10 @@ def bind(sock: zmq.Socket[bytes], url: str) -> str:
 
 
 class BatchReader:
-    """Calls ``on_batch`` with up to ``batch_size`` multipart messages per loop turn."""
+    """Calls ``on_batch`` with up to ``batch_size`` multipart messages per loop turn.
+
+    ``user_id``: append to each message, as one more part, the ZAP ``User-Id`` its connection
+    was admitted with (a CURVE key's role, roomcast.curve); slower, so only with CURVE on."""
 
     def __init__(
         self,
@@ -59,10 +62,12 @@ class BatchReader:
         on_batch: Callable[[Batch], None],
         *,
         batch_size: int = 1024,
+        user_id: bool = False,
     ) -> None:
         self._sock = sock
         self._on_batch = on_batch
         self._batch_size = batch_size
+        self._user_id = user_id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._closed = False
@@ -94,6 +99,14 @@ class BatchReader:
         batch: Batch = []
         recv = sock.recv_multipart
         try:
+            if self._user_id:
+                while len(batch) < self._batch_size:
+                    frames = recv(zmq.NOBLOCK, copy=False)
+                    try:
+                        user = str(frames[-1].get("User-Id") or "")
+                    except zmq.ZMQError:  # no ZAP on this connection
+                        user = ""
+                    batch.append([f.bytes for f in frames] + [user.encode()])
             while len(batch) < self._batch_size:
                 batch.append(recv(zmq.NOBLOCK))
         except zmq.Again:

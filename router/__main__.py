@@ -145,6 +145,26 @@ def build_parser() -> EnvArgumentParser:
         help="seconds a history message is kept",
     )
     parser.add_argument(
+        "--history-room-max-bytes",
+        type=int,
+        default=d.history_room_max_bytes,
+        help="bytes of history per room (then its oldest messages are evicted; a larger "
+        "message is not kept)",
+    )
+    parser.add_argument(
+        "--history-max-bytes",
+        type=int,
+        default=d.history_max_bytes,
+        help="bytes of history in all rooms (then the least recently written room's oldest "
+        "messages are evicted)",
+    )
+    parser.add_argument(
+        "--history-max-rooms",
+        type=int,
+        default=d.history_max_rooms,
+        help="rooms with a history (then the least recently written one is forgotten)",
+    )
+    parser.add_argument(
         "--curve-secret-key",
         default="",
         help="CURVE: this router's .key_secret certificate (a pair shares one); with "
@@ -155,6 +175,13 @@ def build_parser() -> EnvArgumentParser:
         default="",
         help="CURVE: directory of the public .key certificates of the gateways, workers and "
         "SDK clients allowed to connect",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=d.max_message_bytes,
+        help="bytes of the largest message a peer may send on the commands port "
+        "(ZMQ_MAXMSGSIZE); a peer that sends a larger one is disconnected by ZeroMQ",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -200,12 +227,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[RouterConfig, str, int, s
         history_rooms=tuple(args.history_rooms),
         history_size=args.history_size,
         history_ttl_s=args.history_ttl,
+        history_room_max_bytes=args.history_room_max_bytes,
+        history_max_bytes=args.history_max_bytes,
+        history_max_rooms=args.history_max_rooms,
         role=args.role,
         peer_bind=args.peer_bind,
         peer_connect=args.peer_connect,
         peer_timeout_s=args.peer_timeout,
         curve_secret_key=args.curve_secret_key,
         curve_authorized_keys=args.curve_authorized_keys,
+        max_message_bytes=args.max_message_bytes,
         drain_timeout_s=args.drain_timeout,
     )
     return config, args.http_host, args.http_port, args.log_level

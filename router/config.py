@@ -28,12 +28,19 @@ class RouterConfig:
     max_publish_bytes: int = DEFAULT_MAX_PUBLISH_BYTES
     fanout_hwm_messages: int = 200_000  # per gateway pipe; past it messages drop and are counted
     commands_hwm_messages: int = 200_000
+    # ZMQ_MAXMSGSIZE on the commands port: a peer that sends a larger message is disconnected
+    # by ZeroMQ before it is buffered (publishes are bounded far below; gateways' resync
+    # batches stay under 1 MiB)
+    max_message_bytes: int = 16 * 1024 * 1024
     # Presence events: rooms matching these globs (or flagged by a backend) push join/leave
     presence_rooms: tuple[str, ...] = ()
     # Message history for recovery: rooms matching these globs keep their last messages
     history_rooms: tuple[str, ...] = ()
     history_size: int = 100  # messages per room
     history_ttl_s: float = 300.0
+    history_room_max_bytes: int = 1024 * 1024  # per room; its oldest messages go first
+    history_max_bytes: int = 64 * 1024 * 1024  # all rooms; the least recently written room pays
+    history_max_rooms: int = 10_000  # then the least recently written room is forgotten
     presence_interval_s: float = 0.2  # coalescing window of presence events
     # Action workers
     worker_timeout_s: float = 5.0  # silent this long: no longer sent requests

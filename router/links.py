@@ -21,11 +21,23 @@ from roomcast.core import wire
 from roomcast.core.errors import RoomcastError
 from router.metrics import RouterMetrics
 
-__all__ = ["GATEWAY_ID_PREFIX", "GatewayLink", "Links", "error_reply", "gateway_of"]
+__all__ = [
+    "GATEWAY_ID_PREFIX",
+    "SESSION_SEPARATOR",
+    "GatewayLink",
+    "Links",
+    "error_reply",
+    "gateway_of",
+]
 
-# Gateways set their DEALER routing id to this prefix + their id, so the router knows which
-# gateway (and topic) a command came from even when it has forgotten that gateway.
+# Gateways set their DEALER routing id to this prefix + their id + NUL + a random session
+# chosen at each start, so the router knows which gateway (and topic) a command came from even
+# when it has forgotten that gateway, and which process: the session is never sent to anyone
+# else (the fanout shows gateway ids, never sessions), so a peer that learnt a gateway's id can
+# neither take over its ZeroMQ pipe (ROUTER_HANDOVER) nor speak for it. Gateways of protocol
+# 1.0/1.1 send no session (the identity then is the prefix + id alone).
 GATEWAY_ID_PREFIX = b"gw:"
+SESSION_SEPARATOR = b"\x00"
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -35,17 +47,19 @@ class GatewayLink:
     topic: bytes
     seq: int = 0
     last_seen: float = 0.0
+    identity: bytes = b""  # the routing id (id + session) of the process that said Hello
 
 
 def gateway_of(identity: bytes) -> str | None:
     """The gateway id in a ROUTER identity, or None for an SDK client or worker."""
     if not identity.startswith(GATEWAY_ID_PREFIX):
         return None
+    name = identity[len(GATEWAY_ID_PREFIX) :].split(SESSION_SEPARATOR, 1)[0]
     try:
-        gateway = identity[len(GATEWAY_ID_PREFIX) :].decode()
+        gateway = name.decode()
     except UnicodeDecodeError:
         return None
-    return gateway if gateway and "\x00" not in gateway else None
+    return gateway or None
 
 
 def error_reply(ref: int, err: RoomcastError) -> wire.Reply:
@@ -70,13 +84,20 @@ class Links:
         self._metrics = metrics
         self._epoch = epoch
 
-    def add(self, gateway: str, now: float) -> bool:
+    def add(self, gateway: str, identity: bytes, now: float) -> bool:
         """(Re)start a gateway's stream at sequence 0 (its Hello); whether we knew it already."""
         known = gateway in self.gateways
         if known and self._held:
             self._send_held(gateway)  # the old stream's end goes out under its own numbers
-        self.gateways[gateway] = GatewayLink(wire.gateway_topic(gateway), 0, now)
+        self.gateways[gateway] = GatewayLink(wire.gateway_topic(gateway), 0, now, identity)
         return known
+
+    def direct(self, identity: bytes, msg: wire.Message) -> None:
+        """Answer a peer over the commands socket itself (never on a gateway's topic)."""
+        try:
+            self._commands.send_multipart((identity, wire.encode(msg)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self._metrics.command_errors.labels("reply_dropped").inc()
 
     # --- a gateway's stream: one sequenced message per batch of commands --------------------
 
@@ -103,7 +124,8 @@ class Links:
         if len(bodies) == 1:
             self._send(gateway, bodies[0])
         else:
-            self._send(gateway, wire.encode(wire.Bundle(bodies=tuple(bodies))))
+            bundle = wire.encode(wire.Bundle(bodies=tuple(bodies)))
+            self._send(gateway, bundle, messages=len(bodies))
 
     def to_gateway(self, gateway: str, body: bytes) -> bool:
         """Send (or, while held, queue) one message on a gateway's stream; False if the gateway
@@ -120,7 +142,9 @@ class Links:
             bodies.append(body)
         return True
 
-    def _send(self, gateway: str, body: bytes) -> bool:
+    def _send(self, gateway: str, body: bytes, *, messages: int = 1) -> bool:
+        """Send one sequenced message (``messages``: how many a bundle holds, for the drop
+        count: the gateway sees one gap, the router counts every message it lost)."""
         link = self.gateways.get(gateway)
         if link is None:
             return False  # forgotten since it was held (expired, reset, said goodbye)
@@ -135,7 +159,7 @@ class Links:
             send(wire.pack_seq(link.seq), _MORE_NOBLOCK)
             send(body, _NOBLOCK)
         except zmq.Again:
-            self._metrics.fanout_dropped.inc()
+            self._metrics.fanout_dropped.inc(messages)
             return False
         return True
 

@@ -63,6 +63,13 @@ class RouterMetrics:
             ("role",),
         )
         self.resets = counter("resets_total", "Reset messages sent to unknown gateways.")
+        self.claims_refused = counter(
+            "claims_refused_total",
+            "Commands refused because the sender claimed an id another live peer holds, or a "
+            "role its CURVE key lacks, by what (gateway: another process's gateway id; socket: "
+            "another gateway's socket id; role: a non-gateway key speaking as a gateway).",
+            ("what",),
+        )
         self.requests_forwarded = counter(
             "requests_forwarded_total", "Virtual requests forwarded to action workers."
         )
@@ -72,6 +79,19 @@ class RouterMetrics:
             ("status",),
         )
         self.worker_expired = counter("worker_expired_total", "Action workers expired.")
+        self.history_evicted = counter(
+            "history_evicted_total",
+            "History evicted before its TTL, by reason: room_bytes, total_bytes, too_large "
+            "(messages) and rooms (whole rooms, past --history-max-rooms).",
+            ("reason",),
+        )
+        self.history_bytes = gauge("history_bytes", "Bytes kept in message history.")
+        self.recoveries_too_large = counter(
+            "recoveries_too_large_total",
+            "Recovery answers larger than the asker's connection could queue, answered "
+            "recovered=false instead.",
+        )
+        self.history_rooms = gauge("history_rooms", "Rooms with a message history.")
         self.gateways = gauge("gateways", "Live gateways.")
         self._routes: Callable[[], dict[str, int]] = dict
         self.sockets = gauge("sockets", "Registered sockets (connections) cluster-wide.")

@@ -22,6 +22,7 @@ __all__ = [
     "answer",
     "check_presence",
     "recovery",
+    "recovery_within",
 ]
 
 # Small by design: presence lives in router memory for every connection.
@@ -46,7 +47,7 @@ def answer(msg: wire.Query, topo: Topology, history: History, now: float) -> wir
         return wire.Reply(ref=msg.ref, body=_json(body))
     if msg.kind is wire.QueryKind.RECOVER:
         since = history.since(validate_room(msg.target), msg.epoch, msg.offset, now)
-        return wire.Reply(ref=msg.ref, body=recovery(since))
+        return wire.Reply(ref=msg.ref, body=recovery(since, msg.max_bytes))
     if msg.kind is wire.QueryKind.PRESENCE_STATS:
         connections, unique = topo.presence_stats(validate_room(msg.target))
         return wire.Reply(ref=msg.ref, body=_json({"connections": connections, "users": unique}))
@@ -66,8 +67,25 @@ def check_presence(msg: wire.SetPresence) -> None:
             raise BadRequest("presence metadata must be json") from None
 
 
-def recovery(since: Recovery) -> bytes:
-    """The recovery answer as JSON, splicing each message's data JSON in without re-parsing."""
+def recovery(since: Recovery, max_bytes: int = 0) -> bytes:
+    """The recovery answer as JSON, splicing each message's data JSON in without re-parsing.
+
+    Larger than ``max_bytes`` (when non-zero: what the asker's connection can queue), it says
+    ``recovered: false`` with no messages, at the room's current position, so the client
+    resumes from there instead of being cut off as a slow consumer and asking again forever."""
+    body, _fits = recovery_within(since, max_bytes)
+    return body
+
+
+def recovery_within(since: Recovery, max_bytes: int) -> tuple[bytes, bool]:
+    """:func:`recovery`, and whether the full answer fit in ``max_bytes`` (0: no bound)."""
+    body = _recovery(since)
+    if max_bytes and len(body) > max_bytes:
+        return _recovery(Recovery(False, since.epoch, since.offset, ())), False
+    return body, True
+
+
+def _recovery(since: Recovery) -> bytes:
     messages = b",".join(
         b'{"offset":%d,"event":%s,"data":%s}' % (offset, _json(event), data or b"null")
         for offset, event, data in since.messages

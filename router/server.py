@@ -27,12 +27,13 @@ import zmq
 from roomcast.core import wire
 from roomcast.core.errors import (
     BadRequest,
+    Conflict,
     InternalError,
     RoomcastError,
     RouterUnavailable,
     WireError,
 )
-from roomcast.core.rooms import validate_rooms
+from roomcast.core.rooms import validate_room, validate_rooms
 from roomcast.core.topology import Changes, Topology
 from roomcast.curve import ServerCurve
 from roomcast.zmqio import Batch, BatchReader, bind
@@ -40,7 +41,7 @@ from router import queries
 from router.bstar import Decision, Role, State
 from router.config import RouterConfig
 from router.failover import Failover
-from router.history import History
+from router.history import History, Recovery
 from router.links import GATEWAY_ID_PREFIX, Links, error_reply, gateway_of
 from router.metrics import RouterMetrics
 from router.peer import Pair, PairConfig
@@ -55,6 +56,12 @@ __all__ = ["GATEWAY_ID_PREFIX", "MAX_CONTEXT_BYTES", "Router", "RouterConfig"]
 MAX_CONTEXT_BYTES = 64 * 1024
 
 log = logging.getLogger("roomcast.router")
+
+_CLAIM_LOG_INTERVAL_S = 10.0  # refused claims are counted each; logged at most this often
+# CURVE key roles that may speak as a gateway (roomcast.curve: "router" is the router's own key,
+# "any" a key named without a role prefix).
+_GATEWAY_ROLES = frozenset({"gateway", "router", "any"})
+_WORKER_ROLES = frozenset({"worker", "any"})
 
 
 class Router:
@@ -89,9 +96,10 @@ class Router:
         # Sends to a peer that is gone fail loudly instead of vanishing (then we can reroute).
         self._commands.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._commands.setsockopt(zmq.RCVHWM, config.commands_hwm_messages)
+        self._commands.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
         self._commands.setsockopt(zmq.SNDHWM, config.commands_hwm_messages)
         self._fanout = ctx.socket(zmq.XPUB)
-        self.curve.server.apply(self._fanout)
+        self.curve.fanout.apply(self._fanout)  # with CURVE on: gateway keys only
         self._fanout.setsockopt(zmq.LINGER, int(config.drain_timeout_s * 1000))
         self._fanout.setsockopt(zmq.SNDHWM, config.fanout_hwm_messages)
         # Without NODROP a full pipe drops silently; with it the send fails and we can count it.
@@ -110,12 +118,14 @@ class Router:
             self.workers, self.links, metrics, timeout_s=config.request_timeout_s
         )
         self._readers = [
-            BatchReader(self._commands, self._on_commands),
+            # With CURVE on, each command comes with its key's role (the ZAP User-Id).
+            BatchReader(self._commands, self._on_commands, user_id=self.curve.enabled),
             BatchReader(self._fanout, _ignore_subscriptions),
         ]
         self._beat_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self.serving = False
+        self._claim_logged = -_CLAIM_LOG_INTERVAL_S
         self.pair: Pair | None = None
         if config.role != "single":
             pair = PairConfig(
@@ -142,6 +152,8 @@ class Router:
             max_held=config.commands_hwm_messages,
         )
         metrics.bind_topology(self.topology.stats, self.topology.memberships)
+        metrics.history_bytes.set_function(lambda: self.history.bytes())
+        metrics.history_rooms.set_function(lambda: self.history.rooms())
         metrics.bind_workers(
             lambda: len(self.workers),
             lambda: self.workers.in_flight,
@@ -155,7 +167,20 @@ class Router:
             size=self.config.history_size,
             ttl_s=self.config.history_ttl_s,
             epoch=self.epoch,
+            room_max_bytes=self.config.history_room_max_bytes,
+            max_bytes=self.config.history_max_bytes,
+            max_rooms=self.config.history_max_rooms,
         )
+
+    def _recovery(self, since: Recovery, max_bytes: int) -> bytes:
+        body, fits = queries.recovery_within(since, max_bytes)
+        if not fits:
+            self.metrics.recoveries_too_large.inc()
+        return body
+
+    def _count_evictions(self) -> None:
+        for reason, n in self.history.take_evictions().items():
+            self.metrics.history_evicted.labels(reason).inc(n)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -200,18 +225,35 @@ class Router:
     def _on_commands(self, batch: Batch) -> None:
         kinds: Tally[str] = Tally()
         now = time.monotonic()
+        roles = self.curve.enabled
         # What the batch sends each gateway leaves as one message (a Bundle) at its end.
         self.links.hold()
         try:
             for parts in batch:
-                if len(parts) != 2:
+                if len(parts) != 2 + roles:
                     self.metrics.wire_errors.inc()
                     continue
-                identity, body = parts
+                identity, body = parts[0], parts[1]
+                if roles and identity.startswith(GATEWAY_ID_PREFIX):
+                    role = parts[2].decode("ascii", "replace")
+                    if role not in _GATEWAY_ROLES:
+                        # A backend's or worker's key speaking as a gateway: refused, whatever
+                        # it says.
+                        self._refuse_role(identity, role, "a gateway")
+                        continue
                 try:
                     msg = wire.decode(body)
                 except WireError:
                     self.metrics.wire_errors.inc()
+                    continue
+                if (
+                    roles
+                    and isinstance(msg, wire.Hello)
+                    and msg.role is wire.Role.WORKER
+                    and parts[2].decode("ascii", "replace") not in _WORKER_ROLES
+                ):
+                    # Only worker keys are sent requests (with their headers and data).
+                    self._refuse_role(identity, parts[2].decode("ascii", "replace"), "a worker")
                     continue
                 kinds[msg.KIND] += 1
                 self._handle(identity, msg, now)
@@ -220,6 +262,7 @@ class Router:
         transitions = self.topology.take_transitions()
         if transitions:
             self.publisher.presence.add(transitions)
+        self._count_evictions()
         self.metrics.batch_size.observe(len(batch))
         for kind, n in kinds.items():
             self.metrics.commands.labels(kind).inc(n)
@@ -230,12 +273,17 @@ class Router:
             return
         if self.failover.settling is not None and self.failover.hold(identity, gateway, msg):
             return
-        if gateway is not None and not isinstance(msg, (wire.Hello, wire.Goodbye)):
+        if gateway is not None:
             link = self.links.gateways.get(gateway)
-            if link is None:
-                self.links.reset(gateway)
+            if link is not None and link.identity != identity:
+                # Whatever it says (a Goodbye too): only the process that said Hello speaks.
+                self._refuse_claim(identity, gateway, msg, now)
                 return
-            link.last_seen = now
+            if not isinstance(msg, (wire.Hello, wire.Goodbye)):
+                if link is None:
+                    self.links.reset(gateway)
+                    return
+                link.last_seen = now
         elif gateway is None and isinstance(msg, (wire.Heartbeat, wire.Reply)):
             self.workers.seen(identity, now)
         known = len(self.links.gateways)
@@ -248,6 +296,40 @@ class Router:
             self._fail(identity, gateway, msg, InternalError("internal error"))
         if self.pair is not None and len(self.links.gateways) != known:
             self.pair.announce()  # the backup learns at once whom to wait for after a failover
+
+    def _refuse_role(self, identity: bytes, role: str, speaking_as: str) -> None:
+        self.metrics.claims_refused.labels("role").inc()
+        now = time.monotonic()
+        if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+            self._claim_logged = now
+            log.warning(
+                "refused a CURVE key whose role is %s speaking as %s (only %s keys may)",
+                role,
+                speaking_as,
+                speaking_as.split()[-1],
+            )
+
+    def _refuse_claim(self, identity: bytes, gateway: str, msg: wire.Message, now: float) -> None:
+        """Another process speaks for a live gateway: a second gateway started with the same
+        --gateway-id, or a peer that learnt the id from the fanout. The live one keeps its link
+        (its stream, its sockets); the claimant is answered directly, never on the topic."""
+        self.metrics.claims_refused.labels("gateway").inc()
+        if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+            self._claim_logged = now
+            log.warning(
+                "refused %s from a second process claiming live gateway %s (same --gateway-id "
+                "twice, or a peer impersonating it)",
+                msg.KIND,
+                gateway,
+            )
+        ref = getattr(msg, "ref", 0)
+        if ref:
+            err = Conflict(
+                f"gateway id {gateway} is held by another live gateway process; retry after "
+                "it leaves (or is expired)"
+            )
+            self.metrics.command_errors.labels(err.code).inc()
+            self.links.direct(identity, error_reply(ref, err))
 
     def _fail(
         self, identity: bytes, gateway: str | None, msg: wire.Message, err: RoomcastError
@@ -267,28 +349,47 @@ class Router:
         elif isinstance(msg, wire.Membership):
             if msg.recover and len(msg.rooms) != 1:
                 raise BadRequest("a join with recovery names exactly one room")
-            changes = topo.change(msg.sockets, msg.rooms, leave=msg.leave)
+            changes = topo.change(
+                msg.sockets, msg.rooms, leave=msg.leave, reserve_own_rooms=msg.client
+            )
             if msg.recover and not msg.leave:
                 # Join and catch up in one step: the missed messages ride in the reply, which
                 # the asker's stream carries before any later live delivery for the room.
                 self._apply(identity, gateway, 0, changes)
                 since = self.history.since(msg.rooms[0], msg.since_epoch, msg.since_offset, now)
-                reply(identity, gateway, wire.Reply(ref=msg.ref, body=queries.recovery(since)))
+                body = self._recovery(since, msg.recover_max_bytes)
+                reply(identity, gateway, wire.Reply(ref=msg.ref, body=body))
             else:
                 self._apply(identity, gateway, msg.ref, changes)
         elif isinstance(msg, wire.SocketOpen):
             if gateway is None:
                 raise BadRequest("only gateways open sockets")
             bounded = tuple(_bounded(c) for c in msg.contexts)
-            topo.open_sockets(gateway, msg.sockets, msg.users, bounded)
+            try:
+                topo.open_sockets(gateway, msg.sockets, msg.users, bounded)
+            except Conflict:
+                self.metrics.claims_refused.labels("socket").inc()
+                if now - self._claim_logged >= _CLAIM_LOG_INTERVAL_S:
+                    self._claim_logged = now
+                    log.warning("refused gateway %s's claim on another gateway's socket", gateway)
+                raise
             reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.SocketClose):
             if gateway is not None:
                 topo.close_sockets(gateway, msg.sockets)
         elif isinstance(msg, wire.Heartbeat):
-            pass  # liveness already recorded in _handle
+            # Liveness is recorded in _handle. A gateway's numbered heartbeat is answered on
+            # its stream: that is how it learns its commands still reach us.
+            if gateway is not None and msg.ref:
+                reply(identity, gateway, wire.Reply(ref=msg.ref))
         elif isinstance(msg, wire.Query):
-            reply(identity, gateway, queries.answer(msg, topo, self.history, time.monotonic()))
+            if msg.kind is wire.QueryKind.RECOVER:
+                room = validate_room(msg.target)
+                since = self.history.since(room, msg.epoch, msg.offset, time.monotonic())
+                body = self._recovery(since, msg.max_bytes)
+                reply(identity, gateway, wire.Reply(ref=msg.ref, body=body))
+            else:
+                reply(identity, gateway, queries.answer(msg, topo, self.history, time.monotonic()))
         elif isinstance(msg, wire.LeaveAll):
             self._apply(identity, gateway, msg.ref, topo.leave_all(msg.room))
         elif isinstance(msg, wire.CopyMembers):
@@ -300,7 +401,16 @@ class Router:
                 raise BadRequest("only gateways resync")
             identities = {s.socket: (s.user, s.meta) for s in msg.sockets if s.user}
             contexts = {s.socket: _bounded(s.context) for s in msg.sockets if s.context}
-            topo.resync(gateway, ((s.socket, s.rooms) for s in msg.sockets), identities, contexts)
+            refused = topo.resync(
+                gateway, ((s.socket, s.rooms) for s in msg.sockets), identities, contexts
+            )
+            if refused:
+                self.metrics.claims_refused.labels("socket").inc(refused)
+                log.warning(
+                    "gateway %s resynced %d socket ids another gateway holds: refused",
+                    gateway,
+                    refused,
+                )
             if msg.last:
                 log.info("gateway %s resynced", gateway)
                 reply(identity, gateway, wire.Reply(ref=msg.ref))
@@ -346,6 +456,7 @@ class Router:
             ref=msg.ref,
             epoch=self.epoch,
             heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
+            heartbeat_acks=True,
         )
         if gateway is None:
             if msg.role is wire.Role.WORKER:
@@ -353,7 +464,7 @@ class Router:
             self.links.reply(identity, None, ack)
             return
         dropped = self.topology.add_gateway(gateway)
-        known = self.links.add(gateway, now)
+        known = self.links.add(gateway, identity, now)
         log.info(
             "gateway %s hello (%s, %d sockets dropped until its resync)",
             gateway,

@@ -9,6 +9,9 @@ and writes exactly one JSON answer per line (``{"ok": true, ...}`` or ``{"ok": f
   ``arm`` (reset the counters), ``progress``, ``collect`` (counts, latency samples, order checks),
   ``disconnect``;
 * publisher: ``publish`` (a burst or a fixed rate, through the SDK ``Cluster`` or a /ws client);
+* chat publishers: ``chat_publish`` (this agent's own clients broadcast to their rooms as
+  :class:`~roomcast.bench.chatplan.ChatPlan` says), and ``collect`` with a ``chat`` plan
+  verifies every client's deliveries against it;
 * SDK caller: ``sdk`` (one join/leave/broadcast/count through its own ``Cluster``).
 
 Every wait is bounded by the timeout the command carries. Does not import the gateway or router.
@@ -27,6 +30,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from roomcast.bench.chatplan import ChatPlan, Verdict, verify
 from roomcast.bench.common import padding_for
 from roomcast.bench.wsclient import Tally, WsClient, connect, stamp
 
@@ -46,9 +50,12 @@ class _Agent:
     def __init__(self) -> None:
         self.tally = Tally()
         self.clients: list[WsClient] = []
+        self.by_index: dict[int, WsClient] = {}  # global client index -> client
         self.expect: int | None = None
         self.cluster: Any = None  # roomcast.Cluster, imported on first use
         self.pub_ws: WsClient | None = None
+        self.chat_task: asyncio.Task[None] | None = None
+        self.chat_sent: dict[str, Any] | None = None  # the last chat_publish's, once done
 
     # --- clients -------------------------------------------------------------------------------
 
@@ -69,7 +76,7 @@ class _Agent:
         gate = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         began = time.monotonic()
 
-        async def one(i: int) -> tuple[WsClient, float, float]:
+        async def one(i: int) -> tuple[int, WsClient, float, float]:
             host, port, path = targets[i % len(targets)]
             names = [fmt.format(i=i, g=i // group_size) for fmt in rooms]
             async with gate if gate is not None else contextlib.nullcontext():
@@ -96,7 +103,7 @@ class _Agent:
                     if reply.get("statusCode") != 200:
                         client.abort()
                         raise RuntimeError(f"join answered {reply.get('statusCode')}")
-                return client, t1 - t0, time.monotonic() - t0
+                return i, client, t1 - t0, time.monotonic() - t0
 
         results = await asyncio.gather(
             *(one(i) for i in range(start, stop)), return_exceptions=True
@@ -109,8 +116,9 @@ class _Agent:
             if isinstance(result, BaseException):
                 errors[f"{type(result).__name__}: {result}"[:200]] += 1
                 continue
-            client, welcome_s, joined_s = result
+            i, client, welcome_s, joined_s = result
             self.clients.append(client)
+            self.by_index[i] = client
             welcome_ms.append(round(welcome_s * 1000, 3))
             joined_ms.append(round(joined_s * 1000, 3))
             if want_ids:
@@ -139,9 +147,17 @@ class _Agent:
     async def progress(self) -> dict[str, Any]:
         expect = self.expect
         done = sum(1 for c in self.clients if c.parser.events >= expect) if expect else 0
-        return {"events": self.tally.events, "done": done, "clients": len(self.clients)}
+        return {
+            "events": self.tally.events,
+            "done": done,
+            "clients": len(self.clients),
+            "published": self.chat_sent,
+        }
 
-    async def collect(self, max_samples: int = 200_000) -> dict[str, Any]:
+    async def collect(
+        self, max_samples: int = 200_000, chat: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Counts and samples; with ``chat`` (a plan and a phase), each client's verdict too."""
         tally = self.tally
         samples = tally.latencies_ns
         if len(samples) > max_samples:
@@ -151,8 +167,10 @@ class _Agent:
         codes: collections.Counter[str] = collections.Counter(
             str(c.close_code) for c in self.clients if not c.is_open
         )
-        seqs = sorted(s for c in self.clients for s in c.parser.seqs)
+        verdict = self._verify(chat) if chat is not None else None
+        seqs = [] if chat is not None else sorted(s for c in self.clients for s in c.parser.seqs)
         return {
+            "chat": verdict.as_dict() if verdict is not None else None,
             "events": tally.events,
             "first_ns": tally.first_ns,
             "last_ns": tally.last_ns,
@@ -169,7 +187,22 @@ class _Agent:
             "seqs": seqs,
         }
 
+    def _verify(self, chat: dict[str, Any]) -> Verdict:
+        plan = ChatPlan(**chat["plan"])
+        total = Verdict()
+        for i, client in self.by_index.items():
+            total += verify(
+                plan,
+                i,
+                client.parser.seqs,
+                count=chat["count"],
+                seq_start=chat["seq_start"],
+                by_clients=chat["by_clients"],
+            )
+        return total
+
     async def disconnect(self, timeout: float) -> dict[str, Any]:
+        self.by_index = {}
         clients, self.clients = self.clients, []
         codes = await asyncio.gather(*(c.close(timeout) for c in clients), return_exceptions=True)
         return {"closed": len(codes)}
@@ -197,8 +230,12 @@ class _Agent:
         payload_bytes: int = 100,
         window: int = 256,
         seq_start: int = 0,
+        tag_room: bool = False,
     ) -> dict[str, Any]:
-        """``count`` broadcasts as fast as possible (rate 0) or paced at ``rate`` per second."""
+        """``count`` broadcasts as fast as possible (rate 0) or paced at ``rate`` per second.
+
+        With ``tag_room`` the data also names its room (``"r"``), as the chat bench's do.
+        """
         loop = asyncio.get_running_loop()
         pad = padding_for(payload_bytes)
         fixed = list(rooms or [])
@@ -247,7 +284,10 @@ class _Agent:
                 now_ns = time.monotonic_ns()
                 if not first_ns:
                     first_ns = now_ns
-                fut = send(names, stamp(seq_start + j, pad, now_ns))
+                data = stamp(seq_start + j, pad, now_ns)
+                if tag_room:
+                    data["r"] = names[0]
+                fut = send(names, data)
                 last_ns = now_ns
                 sent += 1
                 if fut is not None:
@@ -263,6 +303,82 @@ class _Agent:
             "first_ns": first_ns,
             "last_ns": last_ns,
             "acked_ns": acked_ns,
+            "errors": dict(errors),
+        }
+
+    async def chat_publish(
+        self,
+        plan: dict[str, Any],
+        count: int,
+        timeout: float,
+        rate: float = 0.0,
+        payload_bytes: int = 100,
+        seq_start: int = 0,
+    ) -> dict[str, Any]:
+        """Start this agent's share of ``count`` client publishes; answers at once.
+
+        The clients publish in the background so that ``progress`` keeps answering; its
+        ``published`` is this run's summary once the last publish left (or the timeout hit).
+        """
+        if self.chat_task is not None and not self.chat_task.done():
+            raise RuntimeError("a chat_publish is still running")
+        self.chat_sent = None
+        self.chat_task = asyncio.create_task(
+            self._chat_publish(ChatPlan(**plan), count, timeout, rate, payload_bytes, seq_start)
+        )
+        return {}
+
+    async def _chat_publish(
+        self,
+        chat: ChatPlan,
+        count: int,
+        timeout: float,
+        rate: float,
+        payload_bytes: int,
+        seq_start: int,
+        yield_every: int = 32,
+    ) -> None:
+        """Publish ``j`` leaves at ``start + j / rate`` (as fast as possible when rate is 0)
+        from the client the plan names, if that client is one of this agent's; the other
+        agents run the same schedule for theirs, so together they make ``rate``. Each is a
+        ``/ws`` broadcast op with echo off, its data naming the room and the sequence number.
+        """
+        mine = sorted(j for i in self.by_index for j in chat.published_by(i, count))
+        pad = padding_for(payload_bytes).encode()
+        event = _EVENT.encode()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        first_ns = last_ns = 0
+        sent = 0
+        errors: collections.Counter[str] = collections.Counter()
+        try:
+            async with asyncio.timeout(timeout):
+                for n, j in enumerate(mine):
+                    if rate > 0:
+                        delay = start + j / rate - loop.time()
+                        if delay > 0.0005:
+                            await asyncio.sleep(delay)
+                    elif n % yield_every == yield_every - 1:
+                        await asyncio.sleep(0)  # let pushes and replies in between sends
+                    room = chat.room_name(j % chat.rooms).encode()
+                    now_ns = time.monotonic_ns()
+                    if not first_ns:
+                        first_ns = now_ns
+                    frame = (
+                        b'{"op":"broadcast","echo":false,"event":"' + event + b'","rooms":["'
+                        + room + b'"],"data":{"t":' + str(now_ns).encode() + b',"s":'
+                        + str(seq_start + j).encode() + b',"r":"' + room + b'","p":"' + pad
+                        + b'"}}'
+                    )  # fmt: skip
+                    self.by_index[chat.publisher_of(j)].send_text(frame)
+                    last_ns = now_ns
+                    sent += 1
+        except TimeoutError:
+            errors["TimeoutError"] += 1
+        self.chat_sent = {
+            "sent": sent,
+            "first_ns": first_ns,
+            "last_ns": last_ns,
             "errors": dict(errors),
         }
 
@@ -293,6 +409,8 @@ class _Agent:
         raise ValueError(f"unknown sdk op {op!r}")
 
     async def close(self) -> None:
+        if self.chat_task is not None:
+            self.chat_task.cancel()
         for client in self.clients:
             client.abort()
         if self.pub_ws is not None:
@@ -301,7 +419,16 @@ class _Agent:
             await self.cluster.close()
 
 
-_COMMANDS = ("connect", "arm", "progress", "collect", "disconnect", "publish", "sdk")
+_COMMANDS = (
+    "connect",
+    "arm",
+    "progress",
+    "collect",
+    "disconnect",
+    "publish",
+    "chat_publish",
+    "sdk",
+)
 
 
 def _emit(obj: dict[str, Any]) -> None:

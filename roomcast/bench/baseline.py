@@ -1,14 +1,16 @@
 """The bench's baseline: a minimal single-process Tornado broadcaster using plain ``write_message``.
 
 This is what a straightforward Tornado app does, and what ``roomcast bench fanout --baseline``
-compares roomcast against in the same run: every ``/ws`` connection is in one room, and each
-broadcast from a client is encoded once and sent to every other connection with
-``write_message`` (one call, one frame and one socket write per recipient per message).
+and ``roomcast bench chat --baseline`` compare roomcast against in the same run: a room map
+(room -> set of connections) in one process, and each broadcast encoded once and sent to every
+member of its rooms with ``write_message`` (one call, one frame and one socket write per
+recipient per message).
 
 It speaks the subset of the plain ``/ws`` protocol (architecture §4) the bench drives, so the same
-clients and publisher run against both: ``{"op":"welcome","socket":ID}`` on open, ``join``/``leave``
-answered 200 (everyone is in the one room anyway), ``broadcast`` pushed as
-``{"op":"event","event":E,"data":D}`` to every other connection.
+clients and publishers run against both: ``{"op":"welcome","socket":ID}`` on open, ``join`` and
+``leave`` of ``rooms`` (or one ``room``) answered 200, ``broadcast`` to ``rooms`` pushed as
+``{"op":"event","event":E,"data":D}`` once to every member of any of them, the sender left out
+unless ``"echo": true`` (as the gateway does).
 
 Run as a process: ``python -m roomcast.bench.baseline --host 127.0.0.1 --port 0`` prints
 ``READY {"public": "http://127.0.0.1:P"}``; SIGTERM closes the connections and exits 0.
@@ -33,7 +35,7 @@ import tornado.netutil
 import tornado.web
 import tornado.websocket
 
-__all__ = ["build_parser", "main", "make_app"]
+__all__ = ["Rooms", "build_parser", "main", "make_app"]
 
 log = logging.getLogger("roomcast.bench.baseline")
 
@@ -45,23 +47,63 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class _Broadcaster(tornado.websocket.WebSocketHandler):
-    conns: set[_Broadcaster]
+class Rooms:
+    """The baseline's whole state: open connections, and room -> members."""
 
-    def initialize(self, conns: set[_Broadcaster]) -> None:
-        self.conns = conns
+    def __init__(self) -> None:
+        self.conns: set[Any] = set()
+        self.members: dict[str, set[Any]] = {}
+
+    def join(self, conn: Any, rooms: list[str]) -> None:
+        for room in rooms:
+            self.members.setdefault(room, set()).add(conn)
+
+    def leave(self, conn: Any, rooms: list[str]) -> None:
+        for room in rooms:
+            members = self.members.get(room)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self.members[room]
+
+    def recipients(self, rooms: list[str]) -> set[Any] | list[Any]:
+        if len(rooms) == 1:
+            return list(self.members.get(rooms[0], ()))
+        out: set[Any] = set()
+        for room in rooms:
+            out.update(self.members.get(room, ()))
+        return out
+
+
+def _rooms_of(msg: dict[str, Any]) -> list[str]:
+    rooms = msg.get("rooms")
+    if rooms is None and isinstance(msg.get("room"), str):
+        rooms = [msg["room"]]
+    if not isinstance(rooms, list):
+        return []
+    return [r for r in rooms if isinstance(r, str)]
+
+
+class _Broadcaster(tornado.websocket.WebSocketHandler):
+    state: Rooms
+
+    def initialize(self, state: Rooms) -> None:
+        self.state = state
         self.sid = f"b{next(_ids)}"
+        self.joined: set[str] = set()
 
     def check_origin(self, origin: str) -> bool:
         return True
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
-        self.conns.add(self)
+        self.state.conns.add(self)
         self.write_message(_dumps({"op": "welcome", "socket": self.sid}))
 
     def on_close(self) -> None:
-        self.conns.discard(self)
+        self.state.conns.discard(self)
+        self.state.leave(self, list(self.joined))
+        self.joined.clear()
 
     def on_message(self, message: str | bytes) -> None:
         try:
@@ -71,12 +113,21 @@ class _Broadcaster(tornado.websocket.WebSocketHandler):
         if not isinstance(msg, dict):
             return
         op, ref = msg.get("op"), msg.get("ref")
-        if op == "broadcast":
+        if op == "join":
+            rooms = _rooms_of(msg)
+            self.state.join(self, rooms)
+            self.joined.update(rooms)
+        elif op == "leave":
+            rooms = _rooms_of(msg)
+            self.state.leave(self, rooms)
+            self.joined.difference_update(rooms)
+        elif op == "broadcast":
             payload = _dumps(
                 {"op": "event", "event": msg.get("event", "message"), "data": msg.get("data")}
             )
-            for conn in list(self.conns):
-                if conn is not self:
+            echo = msg.get("echo") is True
+            for conn in self.state.recipients(_rooms_of(msg)):
+                if echo or conn is not self:
                     try:
                         conn.write_message(payload)
                     except tornado.websocket.WebSocketClosedError:
@@ -86,9 +137,9 @@ class _Broadcaster(tornado.websocket.WebSocketHandler):
             self.write_message(_dumps(reply))
 
 
-def make_app(conns: set[Any]) -> tornado.web.Application:
+def make_app(state: Rooms) -> tornado.web.Application:
     return tornado.web.Application(
-        [(r"/ws", _Broadcaster, {"conns": conns})], log_function=lambda handler: None
+        [(r"/ws", _Broadcaster, {"state": state})], log_function=lambda handler: None
     )
 
 
@@ -99,9 +150,10 @@ def _raise_fd_limit() -> None:
 
 
 async def _serve(host: str, port: int) -> None:
-    conns: set[_Broadcaster] = set()
+    state = Rooms()
+    conns = state.conns
     sockets = tornado.netutil.bind_sockets(port, host, backlog=4096)
-    server = tornado.httpserver.HTTPServer(make_app(conns))
+    server = tornado.httpserver.HTTPServer(make_app(state))
     server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m roomcast.bench.baseline",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="The bench's baseline: one-process Tornado broadcaster (plain write_message).",
+        description="The bench's baseline: one-process Tornado room map (plain write_message).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=0, help="port number to bind (0: a free one)")

@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from roomcast.bench.chat import MODES, ChatOptions, chat_smoke_verdict, run_chat
+from roomcast.bench.chatplan import ChatPlan
 from roomcast.bench.common import BenchError, Options, Progress, machine, revision
 from roomcast.bench.failover import FailoverOptions, run_failover
 from roomcast.bench.fanout import FanoutOptions, run_fanout, smoke_verdict
@@ -32,6 +34,13 @@ from roomcast.flags import EnvArgumentParser
 __all__ = ["main"]
 
 _SMOKE = {"subscribers": 200, "messages": 500, "duration": 0.0}
+# chat: (default, smoke) of each flag whose default depends on --smoke
+_CHAT = {
+    "sockets": (1000, 200),
+    "publishes": (20_000, 2000),
+    "rate": (2000.0, 1000.0),
+    "duration": (5.0, 1.0),
+}
 
 
 def _levels(text: str) -> list[int]:
@@ -162,6 +171,72 @@ def _parser() -> EnvArgumentParser:
     )
     r.add_argument("--duration", type=float, default=5.0, help="fixed-rate run seconds (0 skips)")
 
+    ch = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="many rooms of K: client and SDK publishes to one room each (burst + fixed rate)",
+        description=(
+            "S sockets in rooms of K, every room spanning the gateways; members publish to "
+            "their room with the /ws broadcast op (echo off) and an SDK Cluster publishes to "
+            "each room in turn, as a burst and at a fixed rate. Every delivery is checked."
+        ),
+    )
+    ch.add_argument(
+        "--sockets", type=int, default=None, help="connected sockets (default 1000; smoke 200)"
+    )
+    ch.add_argument("--room-size", type=int, default=10, help="sockets per room (at least 2)")
+    ch.add_argument(
+        "--publishers-per-room",
+        type=int,
+        default=1,
+        help="members of each room that publish to it, taking turns (count)",
+    )
+    ch.add_argument(
+        "--publishes",
+        type=int,
+        default=None,
+        help="publishes (messages) in each burst (default 20000; smoke 2000)",
+    )
+    ch.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="publishes per second of each fixed-rate run (default 2000; smoke 1000)",
+    )
+    ch.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of each fixed-rate run (default 5; smoke 1; 0 skips them)",
+    )
+    ch.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=(
+            "who publishes, comma-separated: client (a member, /ws broadcast op, echo off), "
+            "sdk (roomcast.Cluster; against the baseline a /ws client outside the rooms)"
+        ),
+    )
+    ch.add_argument("--baseline", action="store_true", help="also run the plain Tornado room map")
+    ch.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI guard: 200 sockets, 2000-publish bursts, 1 s at 1000/s, with the baseline; "
+        "fail on any wrong delivery or a low ratio",
+    )
+    ch.add_argument(
+        "--min-ratio",
+        type=float,
+        default=0.1,
+        help="smoke floor of the ratio roomcast/baseline of deliveries per second, client burst",
+    )
+    ch.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="SDK broadcasts (messages) in flight during a burst",
+    )
+
     ro = sub.add_parser(
         "router",
         parents=[common],
@@ -264,6 +339,28 @@ def _check(parser: EnvArgumentParser, ns: Any) -> None:
         )
     if ns.scenario == "rooms" and (ns.sockets < 1 or ns.group_size < 1 or ns.messages < 1):
         parser.error("--sockets, --group-size and --messages must be at least 1")
+    if ns.scenario == "chat":
+        for key, (default, smoke) in _CHAT.items():
+            if getattr(ns, key) is None:
+                setattr(ns, key, smoke if ns.smoke else default)
+        if ns.smoke:
+            ns.baseline = True
+        modes = tuple(m.strip() for m in ns.modes.split(",") if m.strip())
+        if not modes or set(modes) - set(MODES):
+            parser.error(f"--modes: a comma-separated list of {', '.join(MODES)}")
+        ns.modes = ",".join(modes)
+        if ns.publishes < 1 or ns.rate <= 0 or ns.duration < 0 or ns.window < 1:
+            parser.error("--publishes/--window must be >= 1, --rate > 0, --duration >= 0")
+        try:
+            ChatPlan(
+                sockets=ns.sockets,
+                room_size=ns.room_size,
+                publishers_per_room=ns.publishers_per_room,
+            )
+        except ValueError as exc:
+            parser.error(f"--sockets/--room-size/--publishers-per-room: {exc}")
+        if ns.room_size < ns.gateways:
+            parser.error("--room-size must be at least --gateways (every room spans them all)")
     if ns.scenario == "fanout":
         for key, default in (("subscribers", 1000), ("messages", 2000), ("duration", 5.0)):
             if getattr(ns, key) is None:
@@ -289,6 +386,19 @@ async def _scenario(
             window=ns.window,
         )
         return await run_fanout(opts, f, progress, logs, prof)
+    if ns.scenario == "chat":
+        ch = ChatOptions(
+            sockets=ns.sockets,
+            room_size=ns.room_size,
+            publishers_per_room=ns.publishers_per_room,
+            publishes=ns.publishes,
+            rate=ns.rate,
+            duration_s=ns.duration,
+            modes=tuple(ns.modes.split(",")),
+            baseline=ns.baseline,
+            window=ns.window,
+        )
+        return await run_chat(opts, ch, progress, logs, prof)
     if ns.scenario == "consistency":
         return await run_consistency(opts, ns.iterations, progress, logs, prof)
     if ns.scenario == "memory":
@@ -360,7 +470,8 @@ async def _run(ns: Any, argv: Sequence[str]) -> tuple[dict[str, Any], int]:
             for attempt in (1, 2):  # the machine is shared: one retry before failing
                 try:
                     result = await _scenario(ns, opts, progress, logs, prof)
-                    problems = smoke_verdict(result, ns.min_ratio)
+                    verdict = chat_smoke_verdict if ns.scenario == "chat" else smoke_verdict
+                    problems = verdict(result, ns.min_ratio)
                 except BenchError as exc:
                     result, problems = {}, [f"run failed: {exc}"]
                 attempts.append(problems)

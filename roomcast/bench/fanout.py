@@ -21,7 +21,7 @@ from roomcast.bench.common import BenchError, Options, Progress, ratio
 from roomcast.bench.procs import Fleet
 from roomcast.bench.runner import Load
 
-__all__ = ["FanoutOptions", "run_fanout", "smoke_verdict"]
+__all__ = ["FanoutOptions", "profile_subdir", "run_fanout", "smoke_verdict"]
 
 ROOM = "bench-fanout"
 _WARMUP_MESSAGES = 20
@@ -154,14 +154,14 @@ async def run_fanout(
     rate = f.rate
     if f.baseline:
         base, codes = await _run_target(
-            "baseline", opts, f, rate, progress, log_dir, _sub(profile_dir, "baseline")
+            "baseline", opts, f, rate, progress, log_dir, profile_subdir(profile_dir, "baseline")
         )
         exits["baseline"] = codes
         result["baseline"] = base
         if rate is None and "burst" in base:
             rate = derive_rate(base["burst"], f.subscribers)
     ours, codes = await _run_target(
-        "roomcast", opts, f, rate, progress, log_dir, _sub(profile_dir, "roomcast")
+        "roomcast", opts, f, rate, progress, log_dir, profile_subdir(profile_dir, "roomcast")
     )
     exits["roomcast"] = codes
     result["roomcast"] = ours
@@ -182,7 +182,7 @@ async def run_fanout(
     return result
 
 
-def _sub(profile_dir: pathlib.Path | None, name: str) -> pathlib.Path | None:
+def profile_subdir(profile_dir: pathlib.Path | None, name: str) -> pathlib.Path | None:
     if profile_dir is None:
         return None
     path = profile_dir / name

@@ -168,13 +168,27 @@ class Load:
     # --- a publishing phase --------------------------------------------------------------------
 
     async def deliver(
-        self, phase: str, expected: int, publish: dict[str, Any], *, report: bool = True
+        self,
+        phase: str,
+        expected: int,
+        publish: dict[str, Any],
+        *,
+        report: bool = True,
+        by_clients: bool = False,
+        collect: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Arm the clients, publish, wait for ``expected`` deliveries (bounded), and account."""
-        assert self.publisher is not None
+        """Arm the clients, publish, wait for ``expected`` deliveries (bounded), and account.
+
+        ``by_clients``: the client agents publish (``chat_publish`` with ``publish`` as its
+        arguments), not the publisher agent. ``collect``: more arguments of the agents'
+        ``collect`` (the chat bench's plan, for the per-client verdict).
+        """
+        assert by_clients or self.publisher is not None
         opts = self.opts
         timeout = opts.phase_timeout_s
-        everyone: list[Child] = [*self.servers, *self.clients, self.publisher]
+        everyone: list[Child] = [*self.servers, *self.clients]
+        if self.publisher is not None:
+            everyone.append(self.publisher)
         await asyncio.gather(*(a.call("arm", 30.0) for a in self.clients))
         for server in self.servers:
             reset_peak(server.pid)
@@ -182,16 +196,22 @@ class Load:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
-        pub_task = asyncio.create_task(
-            self.publisher.call("publish", timeout + _AGENT_SLACK_S, timeout=timeout, **publish)
-        )
+        pub_task: asyncio.Future[dict[str, Any]]
+        if by_clients:  # started now; the agents answer `progress` while they publish
+            pub_task = loop.create_future()
+            pub_task.set_result(await self._publish(publish, by_clients))
+        else:
+            pub_task = asyncio.create_task(self._publish(publish, by_clients))
         received = last_change_total = 0
         last_change = started
+        sent: list[Any] = []
         try:
             while True:
                 await asyncio.sleep(_POLL_S)
                 self.fleet.check_alive()
-                received = await self.progress_total()
+                progress = await asyncio.gather(*(a.call("progress", 30.0) for a in self.clients))
+                received = sum(int(a["events"]) for a in progress)
+                sent = [a.get("published") for a in progress]
                 now = loop.time()
                 if received != last_change_total:
                     last_change_total, last_change = received, now
@@ -200,13 +220,16 @@ class Load:
                     f"{self.label} {phase}: {received:,}/{expected:,} delivered ({pct:.1f}%), "
                     f"{now - started:.1f} s"
                 )
-                if received >= expected and pub_task.done():
+                published = pub_task.done() and (not by_clients or all(x is not None for x in sent))
+                if received >= expected and published:
                     break
                 if now >= deadline:
                     break
-                if pub_task.done() and now - last_change >= opts.stall_s:
+                if published and now - last_change >= opts.stall_s:
                     break
             pub = await asyncio.wait_for(pub_task, _AGENT_SLACK_S + timeout)
+            if by_clients:
+                pub = await self._client_publishes(sent)
         finally:
             if not pub_task.done():
                 pub_task.cancel()
@@ -214,12 +237,47 @@ class Load:
             # One last look: the poll may have stopped just before the tail arrived.
             received = await self.progress_total()
         after = cpu_snapshot(everyone)
-        answers = await asyncio.gather(*(a.call("collect", 60.0) for a in self.clients))
+        answers = await asyncio.gather(
+            *(a.call("collect", 60.0, **(collect or {})) for a in self.clients)
+        )
         wall = loop.time() - started
         result = self._account(phase, expected, pub, answers, before, after, wall)
         if report:
             self.progress.done(_one_line(self.label, phase, result))
         return result
+
+    async def _publish(self, publish: dict[str, Any], by_clients: bool) -> dict[str, Any]:
+        """The publisher agent's run; or (``by_clients``) only start the client agents' runs:
+        their summaries come with their ``progress`` answers, merged by the poll loop."""
+        wait = self.opts.phase_timeout_s + _AGENT_SLACK_S
+        timeout = self.opts.phase_timeout_s
+        if not by_clients:
+            assert self.publisher is not None
+            return await self.publisher.call("publish", wait, timeout=timeout, **publish)
+        await asyncio.gather(
+            *(a.call("chat_publish", 30.0, timeout=timeout, **publish) for a in self.clients)
+        )
+        return {}
+
+    async def _client_publishes(self, sent: list[Any]) -> dict[str, Any]:
+        """Merge the client agents' publish summaries (waiting, bounded, for the last ones)."""
+        deadline = asyncio.get_running_loop().time() + _AGENT_SLACK_S
+        while not all(x is not None for x in sent):
+            if asyncio.get_running_loop().time() > deadline:
+                raise BenchError(f"{self.label}: the client publishers did not finish")
+            await asyncio.sleep(_POLL_S)
+            answers = await asyncio.gather(*(a.call("progress", 30.0) for a in self.clients))
+            sent = [a.get("published") for a in answers]
+        errors: collections.Counter[str] = collections.Counter()
+        for a in sent:
+            errors.update(a["errors"])
+        active = [a for a in sent if a["sent"]]
+        return {
+            "sent": sum(int(a["sent"]) for a in sent),
+            "first_ns": min((int(a["first_ns"]) for a in active), default=0),
+            "last_ns": max((int(a["last_ns"]) for a in active), default=0),
+            "errors": dict(errors),
+        }
 
     def _account(
         self,
@@ -231,7 +289,6 @@ class Load:
         after: dict[str, tuple[float, float, float]],
         wall: float,
     ) -> dict[str, Any]:
-        assert self.publisher is not None
         received = sum(int(a["events"]) for a in answers)
         last_ns = max((int(a["last_ns"]) for a in answers if a["events"]), default=0)
         first_ns = int(pub["first_ns"])
@@ -248,7 +305,7 @@ class Load:
             processes[server.name] = entry
             server_cpu += entry["cpu_s"]
         loadgen: dict[str, Any] = {}
-        for agent in [*self.clients, self.publisher]:
+        for agent in [*self.clients, *([self.publisher] if self.publisher else [])]:
             loadgen[agent.name] = cpu_delta(before, after, agent.name)
         loadgen["bench"] = cpu_delta(before, after, "bench")
         loadgen_cpu = sum(v["cpu_s"] for v in loadgen.values())
@@ -256,8 +313,12 @@ class Load:
         codes: collections.Counter[str] = collections.Counter()
         for a in answers:
             codes.update(a["close_codes"])
+        verdicts = [a["chat"] for a in answers if a.get("chat")]
+        verified = {k: sum(int(v[k]) for v in verdicts) for k in verdicts[0]} if verdicts else None
         return {
             "phase": phase,
+            "verified": verified,
+            "error_frames": sum(int(a.get("error_frames", 0)) for a in answers),
             "published": int(pub["sent"]),
             "publish_errors": pub["errors"],
             "expected": expected,

@@ -11,7 +11,8 @@ maps between them.
   ``RateLimited`` (429 rate_limited), ``ActionFailed`` (500 action_failed), ``InternalError``
   (500 internal), ``NoWorker`` (503 no_worker), ``RouterUnavailable`` (503 router_unavailable),
   ``RouterPassive`` (503 router_passive: a standby router refused a command it did not apply, so
-  the caller may send it to the other router of the pair), ``Timeout`` (504 timeout).
+  the caller may send it to the other router of the pair), ``Timeout`` (504 timeout),
+  ``Conflict`` (409 conflict: a gateway id or socket id that another live peer holds).
 
 ``StateError`` (500 state_error) is a ``RoomcastError`` too, so ``except RoomcastError`` catches
 everything the SDK raises: it means the calling code misused an object (a call after
@@ -31,6 +32,7 @@ import json as _json
 __all__ = [
     "ActionFailed",
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "InternalError",
     "InvalidRoom",
@@ -96,6 +98,12 @@ class NoSuchSocket(RoomcastError):
 
 class NotFound(RoomcastError):
     status, code = 404, "not_found"
+
+
+class Conflict(RoomcastError):
+    """A peer claimed a gateway id or socket id that another live peer holds (refused)."""
+
+    status, code = 409, "conflict"
 
 
 class PayloadTooLarge(RoomcastError):
@@ -167,6 +175,7 @@ _BY_CODE: dict[str, type[RoomcastError]] = {
         Forbidden,
         NoSuchSocket,
         NotFound,
+        Conflict,
         PayloadTooLarge,
         TooManyRooms,
         RateLimited,

@@ -7,8 +7,10 @@ Every mutating call validates first and applies all-or-nothing, then *returns* t
 changes the shell must send down (``MemberUpdate``) — nothing here performs I/O.
 
 Invariants (checked by the unit tests): each registered socket is in its own-id room, which it
-cannot leave; ``rooms[r][g]`` is non-empty and equals the sockets of gateway ``g`` that are in
-``r``; a socket is in at most ``max_rooms_per_socket`` rooms besides its own.
+cannot leave (a socket id belongs to the gateway that registered it until that gateway closes it
+or is dropped: another gateway's claim is refused);
+``rooms[r][g]`` is non-empty and equals the sockets of gateway ``g`` that are in ``r``; a
+socket is in at most ``max_rooms_per_socket`` rooms besides its own.
 
 Presence: a socket may carry a user identity (and JSON metadata). Per room, the topology counts
 connections per user, so "first connection of a user in, last one out" is an O(1) edge, queued
@@ -22,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from roomcast.core.errors import NoSuchSocket, TooManyRooms
+from roomcast.core.errors import Conflict, Forbidden, NoSuchSocket, TooManyRooms
 from roomcast.core.rooms import MAX_ROOMS_PER_SOCKET, validate_room
 
 __all__ = ["GatewayChanges", "Topology", "Transition"]
@@ -111,7 +113,15 @@ class Topology:
     ) -> None:
         """Register new connections of ``gateway``, each in its own-id room (``users``: their
         presence identities, ``contexts``: what action workers learn about them, in the same
-        order; missing or empty means none)."""
+        order; missing or empty means none).
+
+        All-or-nothing: an id that another gateway holds raises :class:`Conflict` (a peer
+        claiming someone else's socket would receive its private messages)."""
+        sockets = list(sockets)
+        for sid in sockets:
+            entry = self._sockets.get(sid)
+            if entry is not None and entry.gateway != gateway:
+                raise Conflict(f"socket id {sid} belongs to another gateway")
         owned = self._gateways.setdefault(gateway, set())
         for i, sid in enumerate(sockets):
             if sid in self._sockets:
@@ -139,14 +149,20 @@ class Topology:
         sockets: Iterable[tuple[str, Sequence[str]]],
         identities: Mapping[str, tuple[str, bytes]] | None = None,
         contexts: Mapping[str, bytes] | None = None,
-    ) -> None:
+    ) -> int:
         """Apply a gateway's replayed state: sockets with their rooms (invalid rooms dropped)
         and, in ``identities``, the presence identity and metadata of those that have one (in
-        ``contexts``, their requester contexts)."""
+        ``contexts``, their requester contexts). Returns how many sockets were refused because
+        another gateway holds their id."""
         identities = identities or {}
         contexts = contexts or {}
+        refused = 0
         for sid, rooms in sockets:
             user, meta = identities.get(sid, ("", b""))
+            owner = self._sockets.get(sid)
+            if owner is not None and owner.gateway != gateway:
+                refused += 1
+                continue
             self.open_sockets(gateway, (sid,), (user,), (contexts.get(sid, b""),))
             entry = self._sockets[sid]
             entry.meta = meta
@@ -157,14 +173,30 @@ class Topology:
                     break
                 if room != sid and _valid(room):
                     self._add(sid, room)
+        return refused
 
     # --- membership ----------------------------------------------------------------------------
 
-    def change(self, sockets: Sequence[str], rooms: Sequence[str], *, leave: bool) -> Changes:
-        """join (or leave) every socket to (from) every room, all-or-nothing."""
+    def change(
+        self,
+        sockets: Sequence[str],
+        rooms: Sequence[str],
+        *,
+        leave: bool,
+        reserve_own_rooms: bool = False,
+    ) -> Changes:
+        """join (or leave) every socket to (from) every room, all-or-nothing.
+
+        ``reserve_own_rooms`` (a client's own join): a room that is another live socket's id
+        is refused with :class:`Forbidden`, since it carries that socket's private messages. A
+        backend may still join a socket to another's room (Sails allows it)."""
         for room in rooms:
             validate_room(room)
         entries = [self._entry(sid) for sid in sockets]
+        if not leave and reserve_own_rooms:
+            for room in rooms:
+                if room in self._sockets and any(sid != room for sid in sockets):
+                    raise Forbidden(f"room {room} is another socket's own room")
         if not leave:
             for sid, entry in zip(sockets, entries, strict=True):
                 new = len(set(rooms) - entry.rooms - {sid})

@@ -71,8 +71,9 @@ __all__ = [
 # Hello; older minors keep working. 1.0: the cluster core. 1.1: CONNECT/DISCONNECT hook requests.
 # 1.2: route-aware workers (Hello.routes), the requester's identity on requests (contexts).
 # 2.0: Bundle (a gateway's stream packs a batch's messages into one sequenced message), Goodbye,
-# the router state LEAVING.
-PROTOCOL_VERSION = 200
+# the router state LEAVING. 2.1: per-start gateway sessions (routing id), answered gateway
+# heartbeats, client joins (Membership.client), bounded recovery answers.
+PROTOCOL_VERSION = 201
 
 CLUSTER_TOPIC = b"*\x00"
 _SEQ = struct.Struct(">Q")
@@ -142,6 +143,7 @@ class Hello:
 class Heartbeat:
     KIND: ClassVar[str] = "heartbeat"
     node_id: str = ""
+    ref: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +179,8 @@ class Membership:
     recover: bool = False
     since_epoch: str = ""
     since_offset: int = 0
+    client: bool = False
+    recover_max_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +221,7 @@ class Query:
     target: str = ""
     epoch: str = ""
     offset: int = 0
+    max_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,6 +277,7 @@ class HelloAck:
     epoch: str = ""
     protocol_version: int = PROTOCOL_VERSION
     heartbeat_interval_ms: int = 0
+    heartbeat_acks: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -287,24 +287,36 @@ def test_failed_handshake_raises() -> None:
     asyncio.run(serve(peer_app({}), body))
 
 
-def test_baseline_broadcasts_to_every_other_connection() -> None:
-    conns: set[Any] = set()
+def test_baseline_broadcasts_to_the_members_of_a_room_but_the_sender() -> None:
+    state = baseline.Rooms()
 
     async def body(port: int) -> None:
-        tallies = [Tally() for _ in range(3)]
+        tallies = [Tally() for _ in range(4)]
         clients = [
             await connect("127.0.0.1", port, timeout=5 * T, tally=t, sample=True) for t in tallies
         ]
-        assert len({c.socket_id for c in clients}) == 3
-        reply = await clients[0].request("join", 5 * T, room="any")
-        assert reply["statusCode"] == 200
+        assert len({c.socket_id for c in clients}) == 4
+        for client in clients[:3]:
+            reply = await client.request("join", 5 * T, room="r")
+            assert reply["statusCode"] == 200
+        assert (await clients[3].request("join", 5 * T, rooms=["other"]))["statusCode"] == 200
         for seq in range(5):
             data = stamp(seq, "x" * 60)
             clients[0].send_json({"op": "broadcast", "rooms": ["r"], "event": "e", "data": data})
         await wait_for(lambda: tallies[1].events == 5 and tallies[2].events == 5)
         assert tallies[0].events == 0  # the sender is left out
         assert tallies[1].order_violations == 0 and len(tallies[1].latencies_ns) == 5
+        # echo: the sender too; two rooms: once per member; after a leave: no more.
+        both = {"op": "broadcast", "rooms": ["r", "other"], "echo": True, "event": "e"}
+        clients[0].send_json(both | {"data": stamp(5, "")})
+        await wait_for(lambda: tallies[0].events == 1 and tallies[3].events == 1)
+        assert (await clients[2].request("leave", 5 * T, rooms=["r"]))["statusCode"] == 200
+        last = {"op": "broadcast", "rooms": ["r"], "event": "e", "data": stamp(6, "")}
+        clients[1].send_json(last)
+        await wait_for(lambda: tallies[0].events == 2)
+        assert [t.events for t in tallies] == [2, 6, 6, 1]
         for client in clients:
             await client.close(5 * T)
+        await wait_for(lambda: not state.conns and not state.members)
 
-    asyncio.run(serve(baseline.make_app(conns), body))
+    asyncio.run(serve(baseline.make_app(state), body))

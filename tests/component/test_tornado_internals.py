@@ -97,3 +97,19 @@ def test_tornado_writes_its_pong_and_close_through_write_frame() -> None:
         assert log["written"] == [0xA, 0x8]
 
     asyncio.run(with_raw_client(body))
+
+
+def test_the_tcpserver_internals_gateway_listener_uses() -> None:
+    """gateway/listener.py runs its own accept loop: it fills ``_sockets``/``_handlers`` (so
+    ``stop()`` removes and closes them) and hands accepted sockets to ``_handle_connection``."""
+    import inspect
+
+    from tornado.httpserver import HTTPServer
+    from tornado.tcpserver import TCPServer
+
+    server = HTTPServer(lambda request: None)
+    assert server._sockets == {} and server._handlers == {}
+    params = list(inspect.signature(TCPServer._handle_connection).parameters)
+    assert params == ["self", "connection", "address"], params
+    stop = inspect.getsource(TCPServer.stop)
+    assert "self._handlers.pop(fd)()" in stop and "sock.close()" in stop

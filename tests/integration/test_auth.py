@@ -500,6 +500,9 @@ BAD_TOKENS: list[Any] = [
     pytest.param(lambda: token(sub=DROP), "token lacks the sub claim", id="missing-sub"),
     pytest.param(lambda: token(sub=7), "token sub must be a non-empty string", id="int-sub"),
     pytest.param(
+        lambda: token(sub="u" * 257), "token sub is longer than 256 bytes", id="sub-too-long"
+    ),
+    pytest.param(
         lambda: token(rooms=7),
         "token claim rooms must be a list of room patterns",
         id="bad-rooms-claim",
@@ -631,14 +634,25 @@ def test_origin_is_checked_before_the_token(ac: AuthCluster, bystander: Bystande
     bystander.check()
 
 
-def test_same_origin_page_is_accepted(ac: AuthCluster, bystander: Bystander) -> None:
-    # A page served from the gateway's own origin (Origin equal to Host, or Sec-Fetch-Site:
-    # same-origin) is not cross-origin: Tornado accepts it without asking the allowlist.
-    own = ac.gateways["main"].public
+@pytest.mark.parametrize(
+    ("own", "headers"),
+    [
+        pytest.param(True, None, id="origin-equals-host"),
+        pytest.param(False, {"Sec-Fetch-Site": "same-origin"}, id="sec-fetch-site-same-origin"),
+        pytest.param(False, {"Sec-Fetch-Site": "none"}, id="sec-fetch-site-none"),
+    ],
+)
+def test_the_allowlist_is_exactly_the_list(
+    ac: AuthCluster, bystander: Bystander, own: bool, headers: dict[str, str] | None
+) -> None:
+    # Tornado passes an Origin equal to the Host header (a hostile name resolving to the
+    # gateway: DNS rebinding) and Sec-Fetch-Site: same-origin without asking the allowlist.
+    # With a list configured, only the list gets in.
+    origin = ac.gateways["main"].public if own else "https://evil.example"
     rejected = ac.count("main", REJECTED, reason="origin")
-    with raw(ac.url("main", token=token()), origin=own) as conn:
-        assert recv_json(conn).get("op") == "welcome"
-    assert ac.count("main", REJECTED, reason="origin") == rejected
+    refusal = refused_upgrade(ac.url("main", token=token()), origin=origin, headers=headers)
+    assert refusal.response.status_code == 403
+    assert ac.count("main", REJECTED, reason="origin") == rejected + 1
     bystander.check()
 
 

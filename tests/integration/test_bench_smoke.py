@@ -90,3 +90,50 @@ def test_bench_router_runs_and_loses_nothing(tmp_path: pathlib.Path) -> None:
             assert figures["publishes_per_s"] > 0 and figures["router_cpu_us_per_publish"] > 0
     assert doc["results"]["exit_codes"] == {"router": 0}
     assert not doc["log_warnings"], doc["log_warnings"]
+
+
+@pytest.mark.timeout(int(400 * TIMEOUT_FACTOR))
+def test_chat_smoke_delivers_exactly_each_rooms_messages(tmp_path: pathlib.Path) -> None:
+    """``roomcast bench chat --smoke``: 200 sockets in rooms of 10 over two gateways, client and
+    SDK publishes (a 2,000-publish burst and 1 s at 1,000/s each) against roomcast and the
+    plain-Tornado room map. Every client checked its sequence numbers against the plan: nothing
+    lost, duplicated, misrouted or out of order, and every figure is in the JSON."""
+    out = tmp_path / "chat.json"
+    proc = _bench(["chat", "--smoke", "--out", str(out)], 360 * TIMEOUT_UNIT)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    assert not _BAD.search(proc.stderr), proc.stderr[-4000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["scenario"] == "chat" and doc["smoke"]["passed"] is True
+    results = doc["results"]
+    assert (results["sockets"], results["room_size"], results["rooms"]) == (200, 10, 20)
+    names = {"client-burst", "client-rate", "sdk-burst", "sdk-rate"}
+    for kind, servers in (
+        ("roomcast", {"router", "gateway-0", "gateway-1"}),
+        ("baseline", {"baseline"}),
+    ):
+        phases = results[kind]["phases"]
+        assert set(phases) == names
+        for name, phase in phases.items():
+            per_publish = 9 if name.startswith("client") else 10
+            assert phase["expected"] == phase["published"] * per_publish, (kind, name)
+            assert phase["received"] == phase["expected"] and phase["lost"] == 0, (kind, name)
+            verified = phase["verified"]
+            assert verified["received"] == phase["received"], (kind, name, verified)
+            for wrong in ("lost", "duplicated", "misrouted", "order_violations"):
+                assert verified[wrong] == 0, (kind, name, verified)
+            assert phase["error_frames"] == 0 and phase["clients_closed"] == 0
+            assert phase["delivered_msgs_per_s"] > 0 and phase["latency"]["samples"] > 0
+            assert phase["cpu_us_per_delivery"] > 0 and phase["server_cpu_us_per_publish"] > 0
+            assert set(phase["cpu_us_per_publish"]) == servers
+            if kind == "roomcast":
+                assert phase["router_cpu_us_per_publish"] > 0
+                assert set(phase["gateway_cpu_us_per_message"]) == {"gateway-0", "gateway-1"}
+        assert phases["client-burst"]["published"] == phases["sdk-burst"]["published"] == 2000
+    for name in names:
+        ratio = results["ratio"][name]
+        assert all(isinstance(ratio[k], (int, float)) and ratio[k] > 0 for k in ratio), ratio
+    assert results["ratio"]["client-burst"]["delivered_msgs_per_s"] >= doc["smoke"]["min_ratio"]
+    exits = results["exit_codes"]
+    assert all(code == 0 for codes in exits.values() for code in codes.values()), exits
+    notable = [line for lines in doc["log_warnings"].values() for line in lines]
+    assert not [line for line in notable if _BAD.search(line)], notable

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import zmq
 
 from roomcast import Cluster as SdkCluster
-from roomcast import RouterUnavailable, SyncCluster, Timeout
+from roomcast import RouterUnavailable, SyncCluster, Timeout, curve
+from roomcast.core import wire
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.conftest import deadline_poll
 from tests.integration.harness import (
@@ -430,3 +432,94 @@ def test_router_refuses_bad_key_files(keys: Keys, tmp_path: pathlib.Path) -> Non
         assert result.returncode in (1, 2), result
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------- key roles
+
+
+def _fanout_reader(cc: CurveCluster, name: str) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
+    """A raw SUB on the cluster topic of the fanout, holding ``name``'s key."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret(name), cc.keys.public("router")).apply(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(cc.cluster.router.info["fanout"])
+    return ctx, sub
+
+
+@pytest.mark.parametrize("name", ["backend", "worker"])
+def test_only_gateway_keys_may_read_the_fanout(cc: CurveCluster, name: str) -> None:
+    """The finding: an SDK backend's key could read the whole fanout (every payload, every
+    gateway id). Keys have roles by file name; the fanout admits gateway keys only."""
+    refused = router_metrics(cc.cluster).get("roomcast_router_curve_refused_total")
+    offset = cc.cluster.router.log_size()
+    ctx, gateway_sub = _fanout_reader(cc, "gateway")
+    other_ctx, other_sub = _fanout_reader(cc, name)
+    try:
+        # The gateway key hears the router's beats (sent every heartbeat interval)...
+        assert gateway_sub.poll(int(10_000 * T)), "the gateway key read nothing"
+        # ...and by then the other key's handshake was refused, counted and logged.
+        deadline_poll(
+            lambda: router_metrics(cc.cluster).get("roomcast_router_curve_refused_total") > refused,
+            10 * T,
+            message="the refusal counted",
+        )
+        assert not other_sub.poll(0), f"the {name} key read the fanout"
+        log = cc.cluster.router.log_text()[offset:]
+        assert f"its key's role ({name}) may not use the fanout" in log
+    finally:
+        for sock, context in ((gateway_sub, ctx), (other_sub, other_ctx)):
+            sock.close()
+            context.term()
+
+
+def test_only_gateway_keys_may_speak_as_a_gateway(cc: CurveCluster) -> None:
+    """A backend's key saying Hello with a gateway's routing id is refused, counted, logged."""
+    offset = cc.cluster.router.log_size()
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret("backend"), cc.keys.public("router")).apply(dealer)
+    dealer.setsockopt(zmq.ROUTING_ID, b"gw:impostor\x00" + b"2" * 32)
+    dealer.connect(cc.commands)
+
+    def refused() -> bool:
+        hello = wire.Hello(ref=1, node_id="impostor", role=wire.Role.GATEWAY)
+        dealer.send(wire.encode(hello))
+        m = router_metrics(cc.cluster)
+        return m.get("roomcast_router_claims_refused_total", what="role") > 0
+
+    try:
+        deadline_poll(refused, 10 * T, message="the impostor refused")
+        assert "role is backend speaking as a gateway" in cc.cluster.router.log_text()[offset:]
+        # It never became a gateway of the router.
+        m = router_metrics(cc.cluster)
+        assert m.get("roomcast_router_gateways") == len(cc.cluster.gateways)
+    finally:
+        dealer.close()
+        ctx.term()
+
+
+def test_only_worker_keys_are_sent_requests(cc: CurveCluster) -> None:
+    """A backend's key saying Hello as a worker is refused: it is never sent a request."""
+    before = router_metrics(cc.cluster)
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    curve.client_options(cc.keys.secret("backend"), cc.keys.public("router")).apply(dealer)
+    dealer.connect(cc.commands)
+
+    def refused() -> bool:
+        dealer.send(wire.encode(wire.Hello(ref=1, node_id="fake-worker", role=wire.Role.WORKER)))
+        m = router_metrics(cc.cluster)
+        role = "roomcast_router_claims_refused_total"
+        return m.get(role, what="role") > before.get(role, what="role")
+
+    try:
+        deadline_poll(refused, 10 * T, message="the fake worker refused")
+        assert router_metrics(cc.cluster).get("roomcast_router_workers") == 1  # the real one
+        assert not dealer.poll(0)  # no HelloAck, no request
+    finally:
+        dealer.close()
+        ctx.term()

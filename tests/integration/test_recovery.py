@@ -19,7 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from roomcast import SyncCluster
 from tests.conftest import TIMEOUT_UNIT as T
-from tests.integration.harness import _LEGACY, Cluster, fresh_room, start_cluster
+from tests.integration.harness import _LEGACY, Cluster, Metrics, fresh_room, http_get, start_cluster
 
 HISTORY = 5
 
@@ -180,3 +180,56 @@ def test_socketio_positions_are_an_extra_argument_and_recover_answers_by_ack(
         jwr = json.loads(ack[3:])[0]
         assert jwr["statusCode"] == 200 and jwr["body"]["recovered"] is True, jwr
         assert [m["data"]["n"] for m in jwr["body"]["messages"]] == [1]
+
+
+def test_a_recovery_larger_than_the_send_queue_says_not_recovered_instead_of_4001() -> None:
+    """The finding: an answer over --max-send-queue-bytes closed the client 4001, and the
+    documented flow (reconnect, recover again) looped forever. Now it is ``recovered: false``
+    at the room's current position, counted, and the client stays connected."""
+    small = start_cluster(
+        gateways=1,
+        router_args=["--history-rooms", "big:*"],
+        gateway_args=["--max-send-queue-bytes", str(64 * 1024)],
+    )
+    try:
+        room = fresh_room("big:")
+        with SyncCluster(small.commands) as sdk:
+            client = Raw(small, 0)
+            first = client.call(op="join", room=room, recover=True)["body"]
+            client.call(op="leave", room=room)
+            _publish_blobs(sdk, room, 6, 20_000)  # ~120 KB: over the 64 KiB queue
+            again = client.call(
+                op="join",
+                room=room,
+                recover=True,
+                since={"epoch": first["epoch"] or "", "offset": first["offset"]},
+            )
+            assert again["statusCode"] == 200, again
+            body = again["body"]
+            assert body["recovered"] is False and body["messages"] == [], body
+            assert body["offset"] == 6  # resume from here
+            # Still connected, and live messages flow.
+            sdk.sockets.broadcast(room, "message", {"n": "live"})
+            assert client.events(1)[0]["data"] == {"n": "live"}
+            # What fits is still recovered in full.
+            small_room = fresh_room("big:")
+            pos = client.call(op="join", room=small_room, recover=True)["body"]
+            client.call(op="leave", room=small_room)
+            _publish_blobs(sdk, small_room, 2, 1_000)
+            fits = client.call(
+                op="join",
+                room=small_room,
+                recover=True,
+                since={"epoch": pos["epoch"] or "", "offset": pos["offset"]},
+            )["body"]
+            assert fits["recovered"] is True and len(fits["messages"]) == 2, fits
+            client.close()
+        _status, text = http_get(small.router.info["http"] + "/metrics")
+        assert Metrics(text).get("roomcast_router_recoveries_too_large_total") == 1
+    finally:
+        small.stop()
+
+
+def _publish_blobs(sdk: SyncCluster, room: str, n: int, size: int) -> None:
+    for i in range(n):
+        sdk.sockets.broadcast(room, "message", {"n": i, "blob": "x" * size})

@@ -348,3 +348,26 @@ def test_sdk_reads_key_files_when_constructed(certs: pathlib.Path) -> None:
             curve_key=str(certs / "client.key_secret"),
             curve_server_key=certs / "router.key",
         )  # opens nothing until first use
+
+
+def test_key_roles_come_from_the_file_names(tmp_path: pathlib.Path) -> None:
+    names = ["gateway", "gateway-eu", "worker-1", "backend", "legacy"]
+    curve.keygen(tmp_path, names)
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    for name in names:
+        (authorized / f"{name}.key").write_bytes((tmp_path / f"{name}.key").read_bytes())
+    roles = curve.key_roles(authorized)
+    by_name = {name: roles[curve.public_key(tmp_path / f"{name}.key")] for name in names}
+    assert by_name == {
+        "gateway": "gateway",
+        "gateway-eu": "gateway",
+        "worker-1": "worker",
+        "backend": "backend",
+        "legacy": curve.ANY_ROLE,
+    }
+
+
+def test_the_fanout_has_its_own_zap_domain(certs: pathlib.Path) -> None:
+    fanout = opts(curve.server_options(certs / "router.key_secret", curve.FANOUT_ZAP_DOMAIN))
+    assert fanout[zmq.ZAP_DOMAIN] == curve.FANOUT_ZAP_DOMAIN != curve.ZAP_DOMAIN

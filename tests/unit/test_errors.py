@@ -10,6 +10,7 @@ from roomcast.core import errors
 from roomcast.core.errors import (
     ActionFailed,
     BadRequest,
+    Conflict,
     Forbidden,
     InternalError,
     InvalidRoom,
@@ -34,6 +35,7 @@ TABLE: list[tuple[type[RoomcastError], int, str]] = [
     (Forbidden, 403, "forbidden"),
     (NoSuchSocket, 404, "no_such_socket"),
     (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
     (PayloadTooLarge, 413, "payload_too_large"),
     (TooManyRooms, 429, "too_many_rooms"),
     (RateLimited, 429, "rate_limited"),

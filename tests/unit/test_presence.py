@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import pytest
 
 from roomcast.core import wire
-from roomcast.core.errors import InvalidRoom, NoSuchSocket, TooManyRooms
+from roomcast.core.errors import Conflict, InvalidRoom, NoSuchSocket, TooManyRooms
 from roomcast.core.topology import Topology, Transition
 from router.presence import PRESENCE_EVENT, PresenceBuffer, encode_event
 from router.receipts import Confirmations, Pending
@@ -584,8 +584,13 @@ def test_presence_matches_reference_model() -> None:
         assert queued_before == [], step
         if op == "open":
             sids, users = some(SOCKETS, 3), some(USERS, 3)
-            t.open_sockets(g, sids, users)
-            m.open(sids, users, {})
+            if any(t.gateway_of(s) not in (None, g) for s in sids):
+                with pytest.raises(Conflict):  # another gateway's socket: nothing changes
+                    t.open_sockets(g, sids, users)
+                op = "open:Conflict"
+            else:
+                t.open_sockets(g, sids, users)
+                m.open(sids, users, {})
         elif op == "close":
             sids = some([*SOCKETS, "ghost"], 3)
             mine = {s for s in sids if t.gateway_of(s) == g}
@@ -602,10 +607,11 @@ def test_presence_matches_reference_model() -> None:
                 for s, _ in items
                 if rng.random() < 0.7
             }
-            t.resync(g, items, identities)
+            mine = [(s, r) for s, r in items if t.gateway_of(s) in (None, g)]
+            assert t.resync(g, items, identities) == len(items) - len(mine)
             m.open(
-                [s for s, _ in items],
-                [identities.get(s, ("", b""))[0] for s, _ in items],
+                [s for s, _ in mine],
+                [identities.get(s, ("", b""))[0] for s, _ in mine],
                 {s: meta for s, (_, meta) in identities.items()},
             )
         elif op == "set":

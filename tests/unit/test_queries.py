@@ -115,3 +115,14 @@ def test_presence_limits(user: str, meta: bytes, error: type[Exception] | None) 
     else:
         with pytest.raises(error):
             queries.check_presence(msg)
+
+
+def test_a_recovery_over_the_askers_bound_says_not_recovered_at_the_current_position() -> None:
+    since = Recovery(True, "e.1", 3, ((2, "m", b'"' + b"x" * 100 + b'"'), (3, "m", b"1")))
+    full, fits = queries.recovery_within(since, 0)
+    assert fits and json.loads(full)["recovered"] is True
+    assert queries.recovery_within(since, len(full)) == (full, True)
+    capped, fits = queries.recovery_within(since, len(full) - 1)
+    assert not fits
+    assert json.loads(capped) == {"recovered": False, "epoch": "e.1", "offset": 3, "messages": []}
+    assert queries.recovery(since, len(full) - 1) == capped

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from roomcast.core.errors import InvalidRoom, NoSuchSocket, TooManyRooms
+from roomcast.core.errors import Conflict, Forbidden, InvalidRoom, NoSuchSocket, TooManyRooms
 from roomcast.core.rooms import MAX_ROOMS_PER_SOCKET
 from roomcast.core.topology import GatewayChanges, Topology
 
@@ -68,14 +68,46 @@ def test_open_sockets_registers_unknown_gateway() -> None:
     assert t.gateway_of("s1") == "g9"
 
 
-def test_reopening_a_socket_moves_it_and_resets_its_rooms(topo: Topology) -> None:
+def test_another_gateways_socket_id_is_refused_all_or_nothing(topo: Topology) -> None:
+    # A peer claiming a live socket's id would receive that socket's private messages.
     topo.change(["s1"], ["a"], leave=False)
-    topo.open_sockets("g2", ["s1"])
-    assert topo.gateway_of("s1") == "g2"
+    with pytest.raises(Conflict):
+        topo.open_sockets("g2", ["s9", "s1"])
+    assert topo.gateway_of("s1") == "g1"
+    assert topo.gateway_of("s9") is None  # nothing of the refused batch was applied
+    assert topo.rooms_of("s1") == ["a", "s1"]
+    assert topo.route(["s1"]) == {"g1"}
+
+
+def test_reopening_a_socket_on_its_own_gateway_resets_its_rooms(topo: Topology) -> None:
+    topo.change(["s1"], ["a"], leave=False)
+    topo.open_sockets("g1", ["s1"])
     assert topo.rooms_of("s1") == ["s1"]
     assert topo.count("a") == 0
-    assert topo.route(["s1"]) == {"g2"}
-    assert topo.close_sockets("g1", ["s1"]) == 0  # no longer g1's
+
+
+def test_a_resync_skips_socket_ids_another_gateway_holds(topo: Topology) -> None:
+    assert topo.resync("g2", [("s1", ["a"]), ("s8", ["a"])]) == 1
+    assert topo.gateway_of("s1") == "g1"
+    assert topo.members("a") == ["s8"]
+
+
+def test_a_clients_join_never_reaches_another_sockets_own_room(topo: Topology) -> None:
+    with pytest.raises(Forbidden):
+        topo.change(["s2"], ["s1"], leave=False, reserve_own_rooms=True)
+    with pytest.raises(Forbidden):  # not even together with the owner, nor with other rooms
+        topo.change(["s1", "s2"], ["a", "s1"], leave=False, reserve_own_rooms=True)
+    assert topo.members("s1") == ["s1"]
+    assert topo.members("a") == []
+    assert topo.change(["s1"], ["s1"], leave=False, reserve_own_rooms=True) == {}  # its own
+    assert topo.change(["s2"], ["a"], leave=False, reserve_own_rooms=True) == {
+        "g1": joins(s2=["a"])
+    }
+    # Leaving is never refused, and a backend (no reservation) may still join it.
+    topo.change(["s2"], ["s1"], leave=False)
+    assert topo.change(["s2"], ["s1"], leave=True, reserve_own_rooms=True) == {
+        "g1": leaves(s2=["s1"])
+    }
 
 
 def test_close_sockets_ignores_other_gateways_and_unknown_ids(topo: Topology) -> None:
@@ -341,12 +373,12 @@ def test_members_of_a_room_split_across_gateways_sum_up(topo: Topology) -> None:
 
 def test_resync_replays_a_gateways_state() -> None:
     t = Topology(max_rooms_per_socket=2)
-    t.open_sockets("g1", ["s1"])
+    t.open_sockets("g2", ["s1"])
     t.change(["s1"], ["old"], leave=False)
     t.resync(
         "g2",
         [
-            ("s1", ["a", "a", "s1", "", "bad\n", "x" * 300, "b", "c", "d"]),  # moved from g1
+            ("s1", ["a", "a", "s1", "", "bad\n", "x" * 300, "b", "c", "d"]),  # "old" forgotten
             ("s2", []),
             ("s3", ("z",)),
         ],
@@ -396,6 +428,8 @@ class Model:
         return [s for s, (_, r) in self.sockets.items() if room in r]
 
     def open(self, gateway: str, sockets: Sequence[str]) -> None:
+        if any(s in self.sockets and self.sockets[s][0] != gateway for s in sockets):
+            raise Conflict()
         self.gateways.add(gateway)
         for s in sockets:
             self.sockets[s] = (gateway, {s})
@@ -422,13 +456,18 @@ class Model:
                 n += 1
         return n
 
-    def resync(self, gateway: str, items: Sequence[tuple[str, Sequence[str]]]) -> None:
+    def resync(self, gateway: str, items: Sequence[tuple[str, Sequence[str]]]) -> int:
+        refused = 0
         for s, rooms in items:
+            if s in self.sockets and self.sockets[s][0] != gateway:
+                refused += 1
+                continue
             self.open(gateway, [s])
             held = self.sockets[s][1]
             for r in rooms:
                 if _valid(r) and r not in held and len(held) - 1 < MAX_ROOMS:
                     held.add(r)
+        return refused
 
     def change(self, sockets: Sequence[str], rooms: Sequence[str], leave: bool) -> None:
         if not all(_valid(r) for r in rooms):
@@ -545,8 +584,15 @@ def test_matches_reference_model() -> None:
         changes: dict[str, GatewayChanges] | None = None
         if op == "open":
             sids = some(SOCKETS, 2)
-            t.open_sockets(g, sids)
-            m.open(g, sids)
+            try:
+                m.open(g, sids)
+            except Conflict:
+                expected_error = Conflict
+                with pytest.raises(Conflict):
+                    t.open_sockets(g, sids)
+                assert m.snapshot() == before
+            else:
+                t.open_sockets(g, sids)
         elif op == "close":
             sids = some(sockets_pool, 3)
             assert t.close_sockets(g, sids) == m.close(g, sids)
@@ -556,8 +602,7 @@ def test_matches_reference_model() -> None:
             assert t.drop_gateway(g) == m.drop_gateway(g)
         elif op == "resync":
             items = [(s, some(rooms_pool, 6)) for s in some(SOCKETS, 3)]
-            t.resync(g, items)
-            m.resync(g, items)
+            assert t.resync(g, items) == m.resync(g, items)
         else:
             call_t: Callable[[], dict[str, GatewayChanges]]
             call_m: Callable[[], None]
@@ -578,7 +623,7 @@ def test_matches_reference_model() -> None:
 
             try:
                 call_m()
-            except (InvalidRoom, NoSuchSocket, TooManyRooms) as exc:
+            except (Forbidden, InvalidRoom, NoSuchSocket, TooManyRooms) as exc:
                 expected_error = type(exc)
             if expected_error is not None:
                 with pytest.raises(expected_error):
@@ -592,7 +637,13 @@ def test_matches_reference_model() -> None:
         check_invariants(t, m)
 
     # The run exercised every path, failures included (the seed is fixed; this guards edits).
-    for key in ["join:TooManyRooms", "join:InvalidRoom", "join:NoSuchSocket", "copy:TooManyRooms"]:
+    for key in [
+        "join:TooManyRooms",
+        "join:InvalidRoom",
+        "join:NoSuchSocket",
+        "copy:TooManyRooms",
+        "open:Conflict",
+    ]:
         assert outcomes.get(key, 0) > 0, (key, outcomes)
 
 

@@ -28,7 +28,7 @@ SAMPLES: list[wire.Message] = [
         routes_known=True,
         busy=True,
     ),
-    wire.Heartbeat(node_id="g1"),
+    wire.Heartbeat(node_id="g1", ref=4),
     wire.Goodbye(ref=3, node_id="w-1", role=wire.Role.WORKER),
     wire.SocketOpen(ref=2, sockets=("s1", "s2"), users=("ada", ""), contexts=(b"{}", b"")),
     wire.SocketClose(sockets=("s1",)),
@@ -40,6 +40,8 @@ SAMPLES: list[wire.Message] = [
         recover=True,
         since_epoch="e.1",
         since_offset=9,
+        client=True,
+        recover_max_bytes=65536,
     ),
     wire.LeaveAll(ref=4, room="sails_model_user_7:user"),
     wire.CopyMembers(ref=5, remove=True, source="src", rooms=("d1", "d2")),
@@ -54,7 +56,9 @@ SAMPLES: list[wire.Message] = [
         confirm=True,
         confirm_timeout_ms=2500,
     ),
-    wire.Query(ref=7, kind=wire.QueryKind.MEMBERS, target="room", epoch="e.2", offset=3),
+    wire.Query(
+        ref=7, kind=wire.QueryKind.MEMBERS, target="room", epoch="e.2", offset=3, max_bytes=9
+    ),
     wire.Resync(ref=8, sockets=ROOMS, last=True),
     wire.Request(
         ref=9,
@@ -66,7 +70,9 @@ SAMPLES: list[wire.Message] = [
         user="ada",
         context=b'{"claims":{}}',
     ),
-    wire.HelloAck(ref=10, epoch="e1", protocol_version=2, heartbeat_interval_ms=500),
+    wire.HelloAck(
+        ref=10, epoch="e1", protocol_version=2, heartbeat_interval_ms=500, heartbeat_acks=True
+    ),
     wire.Reply(
         ref=2**64 - 1,
         status=404,

@@ -25,14 +25,21 @@ SCRIPTS: list[Any] = [
     pytest.param(
         (5, 5, 3),
         [(0.0, True, 0, False)] * 5
-        + [(0.0, False, 1, False), (0.0, False, 2, False), (0.2, True, 0, False)]
-        + [(0.2, False, 1, False), (0.2, False, 2, False), (0.2, False, 3, True)],
-        id="an-allowed-frame-resets-strikes",
+        + [(0.0, False, 1, False), (0.0, False, 2, False), (0.2, True, 2, False)]
+        + [(0.2, False, 3, True)],
+        id="a-frame-let-through-by-the-refill-does-not-reset-strikes",
+    ),
+    pytest.param(
+        (5, 5, 3),
+        [(0.0, True, 0, False)] * 5
+        + [(0.0, False, 1, False), (0.0, False, 2, False), (0.5, True, 0, False)]
+        + [(0.5, True, 0, False), (0.5, False, 1, False)],
+        id="half-a-burst-refilled-resets-strikes",
     ),
     pytest.param(
         (5, 5, 100),
         [(0.0, True, 0, False)] * 5
-        + [(0.1, False, 1, False), (0.19, False, 2, False), (0.2, True, 0, False)],
+        + [(0.1, False, 1, False), (0.19, False, 2, False), (0.2, True, 2, False)],
         id="refill-one-token-per-1/rate-seconds",
     ),
     pytest.param(
@@ -59,7 +66,7 @@ SCRIPTS: list[Any] = [
         (5, 5, 100),
         [(10.0, True, 0, False)] * 5
         + [(9.0, False, 1, False), (10.125, False, 2, False)]
-        + [(10.25, True, 0, False)],  # 0.625 + 0.625 tokens: refill counted from 10.0, once
+        + [(10.25, True, 2, False)],  # 0.625 + 0.625 tokens: refill counted from 10.0, once
         id="clock-going-back-refills-nothing-and-loses-nothing",
     ),
     pytest.param(
@@ -120,3 +127,27 @@ def test_a_client_under_the_rate_is_never_refused() -> None:
     for i in range(1000):
         assert limit.allow(0.1 * i + 0.1), f"frame {i}"
     assert limit.strikes == 0 and not limit.abusive
+
+
+def _flood(rate_fps: float, seconds: float) -> float | None:
+    """Feed the defaults (1000/s, burst 2000, 200 strikes) a steady flood: when it is abusive."""
+    limit = RateLimit(1000.0, 2000.0, 200, 0.0)
+    for i in range(int(rate_fps * seconds)):
+        now = i / rate_fps
+        limit.allow(now)
+        if limit.abusive:
+            return now
+    return None
+
+
+def test_a_sustained_flood_at_the_defaults_is_abuse_within_seconds() -> None:
+    # The finding: 45,000 frames/s for 20 s never reached 200 strikes in a row, because the
+    # refill let one frame through every millisecond and that reset the count.
+    at = _flood(45_000, 20.0)
+    assert at is not None and at < 0.1
+    at = _flood(5_000, 20.0)
+    assert at is not None and at < 1.0
+
+
+def test_a_client_under_the_rate_is_never_abuse() -> None:
+    assert _flood(990, 30.0) is None

@@ -122,6 +122,7 @@ ACCEPTED: list[Any] = [
     ),
     pytest.param(lambda: make(rooms=[], publish=[]), Identity("ada"), id="empty-claims"),
     pytest.param(lambda: make(sub="user-7"), Identity("user-7"), id="sub-is-the-user"),
+    pytest.param(lambda: make(sub="u" * 256), Identity("u" * 256), id="sub-of-256-bytes"),
     pytest.param(lambda: make(aud=["other", AUD]), Identity("ada"), id="aud-list-holding-ours"),
     pytest.param(lambda: make(exp=now() - 10), Identity("ada"), id="expired-within-leeway"),
     pytest.param(lambda: make(nbf=now() + 10), Identity("ada"), id="nbf-within-leeway"),
@@ -235,6 +236,9 @@ REFUSED: list[Any] = [
     pytest.param(lambda: make(sub=42), "token sub must be a non-empty string", id="int-sub"),
     pytest.param(lambda: make(sub=["ada"]), "token sub must be a non-empty string", id="list-sub"),
     pytest.param(lambda: make(sub={"u": 1}), "token sub must be a non-empty string", id="obj-sub"),
+    pytest.param(
+        lambda: make(sub="é" * 129), "token sub is longer than 256 bytes", id="sub-over-256-bytes"
+    ),
     # room claims
     pytest.param(
         lambda: make(rooms=5), "token claim rooms must be a list of room patterns", id="rooms-int"
