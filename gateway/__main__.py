@@ -254,6 +254,24 @@ def build_parser() -> EnvArgumentParser:
         help="seconds a Socket.IO v4 client has to CONNECT (and so present its token); then 1008",
     )
     p.add_argument(
+        "--sio-poll-timeout",
+        type=float,
+        default=d.sio_poll_timeout_s,
+        help="seconds an Engine.IO long-poll waits before it is answered with a noop",
+    )
+    p.add_argument(
+        "--sio-post-body-timeout",
+        type=float,
+        default=d.sio_post_body_timeout_s,
+        help="seconds an Engine.IO polling POST has to send its body; then the session closes",
+    )
+    p.add_argument(
+        "--sio-upgrade-timeout",
+        type=float,
+        default=d.sio_upgrade_timeout_s,
+        help="seconds from an upgrade's probe to its upgrade packet; then the probe is closed",
+    )
+    p.add_argument(
         "--ping-interval",
         type=float,
         default=d.ping_interval_s,
@@ -339,6 +357,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]:
         sio_ping_interval_s=a.sio_ping_interval,
         sio_ping_timeout_s=a.sio_ping_timeout,
         sio_connect_timeout_s=a.sio_connect_timeout,
+        sio_poll_timeout_s=a.sio_poll_timeout,
+        sio_post_body_timeout_s=a.sio_post_body_timeout,
+        sio_upgrade_timeout_s=a.sio_upgrade_timeout,
         ping_interval_s=a.ping_interval,
         ping_timeout_s=a.ping_timeout,
         drain_timeout_s=a.drain_timeout,

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.api import Api, ApiHandler, OpenApiHandler
 from gateway.hub import Gateway
 from gateway.plain_handler import PlainHandler, ws_ticker
+from gateway.polling import Sessions, polling_rule
 from gateway.sio_handler import GetCookieHandler, SioHandler, sio_ticker
 
 __all__ = ["STATIC_DIR", "make_internal_app", "make_public_app"]
@@ -54,11 +55,14 @@ def _health_routes(gateway: Gateway) -> list[Any]:
 
 def make_public_app(gateway: Gateway) -> tornado.web.Application:
     config = gateway.config
+    sessions = Sessions(gateway)  # Socket.IO sessions on HTTP long-polling
     gateway.tickers.append(sio_ticker(gateway.conns))
     gateway.tickers.append(ws_ticker(gateway.conns))
+    gateway.tickers.append(sessions.tick)
     routes: list[Any] = [
         (r"/ws", PlainHandler, {"gateway": gateway}),
-        (r"/socket\.io/?", SioHandler, {"gateway": gateway}),
+        polling_rule(gateway, sessions),  # /socket.io/?transport=polling
+        (r"/socket\.io/?", SioHandler, {"gateway": gateway, "sessions": sessions}),
         (r"/__getcookie", GetCookieHandler),
         *_health_routes(gateway),
     ]

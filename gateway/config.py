@@ -67,6 +67,11 @@ class GatewayConfig:
     # EIO4: CONNECT "/" (which may carry the token) due within; until then the connection
     # holds a --max-connections slot unauthenticated (Socket.IO's own default is 45 s)
     sio_connect_timeout_s: float = 5.0
+    # Engine.IO HTTP long-polling (gateway/polling.py); a POST body is bounded by max_frame_bytes
+    sio_poll_timeout_s: float = 30.0  # a poll with nothing to say is answered with a noop
+    sio_post_body_timeout_s: float = 10.0  # a POST body that takes longer: cut, session closed
+    sio_upgrade_timeout_s: float = 10.0  # probe to upgrade packet (the reference's default)
+    sio_closed_linger_s: float = 10.0  # a closed session keeps its last payload for a poll
     ping_interval_s: float = 25.0  # WebSocket-level pings on every connection
     ping_timeout_s: float = 20.0  # no pong (or any frame) this long after a ping: close
     # Shutdown

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 from tornado.iostream import IOStream, StreamClosedError
@@ -33,19 +34,30 @@ from roomcast.core.errors import RoomcastError
 if TYPE_CHECKING:
     from gateway.hub import Gateway
 
-__all__ = ["Connection", "Outlet", "fan_out", "write_queued"]
+__all__ = ["Connection", "Outlet", "Peer", "fan_out", "write_queued"]
 
 
-class Connection(tornado.websocket.WebSocketHandler):
+class Peer:
+    """A client socket as the hub sees it, whatever carries it: identity, send queue, close.
+
+    :class:`Connection` carries it over one WebSocket; a Socket.IO polling session
+    (gateway/polling.py) over a series of HTTP requests. ``queue`` is the outlet the hub's
+    delivery loop fills; what a "frame" is (a WebSocket frame, a polling payload fragment) is
+    the transport's: see :meth:`frame`.
+    """
+
     gateway: Gateway
+    sid: str
+    queue: Outlet
+    request: tornado.httputil.HTTPServerRequest  # the handshake
 
-    def initialize(self, gateway: Gateway) -> None:
+    def init_peer(self, gateway: Gateway, queue: Outlet | None = None) -> None:
         self.gateway = gateway
         self.sid = secrets.token_urlsafe(12)
         config = gateway.config
         self._welcomed = False
         self._close_cause: str | None = None
-        self.queue = Outlet(config.max_send_queue_bytes, self)
+        self.queue = queue if queue is not None else Outlet(config.max_send_queue_bytes, self)
         self.limit = RateLimit(
             config.max_frames_per_s, config.frame_burst, config.abuse_strikes, time.monotonic()
         )
@@ -83,6 +95,26 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     # --- protocol hooks --------------------------------------------------------------------
 
+    def frame(self, payload: bytes) -> bytes:
+        """One protocol message as this transport queues it."""
+        raise NotImplementedError
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the transport (after what is queued)."""
+        raise NotImplementedError
+
+    def can_send(self) -> bool:
+        """Whether the transport may still carry a message to the client."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Cut the transport now (a drain that timed out)."""
+        raise NotImplementedError
+
+    def ws_stream(self) -> IOStream | None:
+        """The WebSocket's stream (None for other transports, or once closed)."""
+        return None
+
     def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
         """The complete WebSocket frame of a push, in this connection's protocol
         (``history_json``: the message's positions in rooms that keep a history)."""
@@ -98,7 +130,115 @@ class Connection(tornado.websocket.WebSocketHandler):
     def report_error(self, ref: object, err: RoomcastError) -> None:
         raise NotImplementedError
 
-    # --- lifecycle -------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def request_token(self) -> str | None:
+        """``?token=`` or ``Authorization: Bearer``; Socket.IO may also send one at CONNECT."""
+        tokens = self.request.query_arguments.get("token")
+        token = tokens[-1].decode("utf-8", "replace").strip() if tokens else None
+        if token:
+            return token
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def refuse_token(self) -> None:
+        """Close a connection whose token was refused (1008, the reason in the close frame)."""
+        self.gateway.reject("token")
+        self.close_cause = "token"
+        self.gateway.count_disconnect("token")
+        self.write_queued()
+        self.end(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
+
+    def over_limit(self) -> bool:
+        """Spend the inbound budget for one frame; True when the frame must be refused."""
+        if self.limit.allow(time.monotonic()):
+            return False
+        if self.limit.abusive:
+            self.disconnect(CloseCode.ABUSE, "abuse")
+        return True
+
+    def defers_auth(self) -> bool:
+        """Whether a missing token may still arrive in-protocol (Socket.IO v4 CONNECT auth)."""
+        return False
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Server-initiated close with a documented code (the close frame follows queued data)."""
+        if self.close_cause is not None:
+            return
+        if is_final(code):
+            self.goodbye()
+        self.close_cause = reason
+        # Counted now, not when Tornado finally closes: a client that stops reading takes
+        # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
+        self.gateway.count_disconnect(reason)
+        self.write_queued()
+        self.end(code, reason.replace("_", " "))
+
+    def fail(self, ref: object, err: RoomcastError) -> None:
+        self.gateway.count_error(err)
+        if self.can_send() and self.close_cause is None:
+            self.report_error(ref, err)
+
+    # --- outbound --------------------------------------------------------------------------
+    #
+    # Every byte to the client passes the send queue's accounting: frames we write ourselves,
+    # and bytes Tornado holds (a remainder the kernel did not take, or Tornado's own pong or
+    # close frame, see _Protocol._write_frame) count as in flight until Tornado has flushed
+    # them. So when nothing is pending or in flight, the socket may be written directly, in
+    # order, without asking Tornado (whose IOStream.write costs a Future, a done-callback and
+    # two call_soon per write: most of a write's cost at low rates).
+
+    def send_payload(self, payload: bytes) -> None:
+        self.push(self.frame(payload))
+
+    def push(self, frame: bytes) -> None:
+        """Queue one frame for the next write (deliveries take fan_out's loop instead)."""
+        if self.close_cause is not None:
+            return
+        queued = self.queue.push(frame)
+        if queued == FIRST:
+            self.gateway.mark_dirty(self.queue)
+        elif queued == REFUSED:
+            self.overflow()
+
+    def overflow(self) -> None:
+        """The send queue is over its bound: cut the slow consumer (4001)."""
+        dropped = self.queue.discard() + 1
+        self.gateway.metrics.dropped.labels("slow_consumer").inc(dropped)
+        self.disconnect(CloseCode.SLOW_CONSUMER, "slow_consumer")
+
+    def write_queued(self) -> int:
+        """Hand everything queued to the stream in one write; returns the bytes written."""
+        return write_queued((self.queue,))[1]
+
+
+class Connection(Peer, tornado.websocket.WebSocketHandler):
+    """A client socket over one WebSocket."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.init_peer(gateway)
+
+    # --- the transport (Peer) --------------------------------------------------------------
+
+    def frame(self, payload: bytes) -> bytes:
+        return text_frame(payload)
+
+    def end(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    def can_send(self) -> bool:
+        return self.ws_connection is not None
+
+    def abort(self) -> None:
+        ws = self.ws_connection
+        if ws is not None and ws.stream is not None:
+            ws.stream.close()
+
+    def ws_stream(self) -> IOStream | None:
+        ws = self.ws_connection
+        return ws.stream if ws is not None else None
+
+    # --- the WebSocket ---------------------------------------------------------------------
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse before the upgrade what must not cost a connection; read the token."""
@@ -125,14 +265,6 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.auth_error = str(exc)
         await super().get(*args, **kwargs)
 
-    def request_token(self) -> str | None:
-        """``?token=`` or ``Authorization: Bearer``; Socket.IO may also send one at CONNECT."""
-        token = self.get_query_argument("token", None)
-        if token:
-            return token
-        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
-        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
     def refuse_http(self, status: int, reason: str, message: str) -> None:
         self.gateway.reject(reason)
         self.set_status(status)
@@ -144,33 +276,13 @@ class Connection(tornado.websocket.WebSocketHandler):
         # like Sails' onlyAllowOrigins); without one, any origin may connect.
         return True
 
-    def refuse_token(self) -> None:
-        """Close a connection whose token was refused (1008, the reason in the close frame)."""
-        self.gateway.reject("token")
-        self.close_cause = "token"
-        self.gateway.count_disconnect("token")
-        self.write_queued()
-        self.close(CloseCode.POLICY_VIOLATION, (self.auth_error or "token refused")[:120])
-
-    def over_limit(self) -> bool:
-        """Spend the inbound budget for one frame; True when the frame must be refused."""
-        if self.limit.allow(time.monotonic()):
-            return False
-        if self.limit.abusive:
-            self.disconnect(CloseCode.ABUSE, "abuse")
-        return True
-
     def on_ping(self, data: bytes) -> None:
         # Tornado answers every ping itself: a ping flood spends the same budget as any frame,
         # so it ends in 4003 like one.
         self.over_limit()
 
     def open(self, *args: str, **kwargs: str) -> None:
-        stream = self.ws_connection.stream if self.ws_connection is not None else None
-        if stream is not None and type(stream) is IOStream:
-            self.queue.sock = stream.socket  # a TLS stream is written through Tornado only
-            if stream.writing():  # the 101 response is not all out: wait for it
-                self.queue.hold(stream.write(b""), 1)
+        self.take_stream()
         if self.gateway.draining:
             self.close(CloseCode.GOING_AWAY, "going away")
             return
@@ -179,6 +291,14 @@ class Connection(tornado.websocket.WebSocketHandler):
             self.refuse_token()
             return
         self.gateway.attach(self)
+
+    def take_stream(self) -> None:
+        """Write to the socket directly from now on (see Outlet.send_now)."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is not None and type(stream) is IOStream:
+            self.queue.sock = stream.socket  # a TLS stream is written through Tornado only
+            if stream.writing():  # the 101 response is not all out: wait for it
+                self.queue.hold(stream.write(b""), 1)
 
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
         # Tornado's own, but one that tells us when Tornado closes with 1009 by itself (a
@@ -193,10 +313,6 @@ class Connection(tornado.websocket.WebSocketHandler):
         )
         return _Protocol(self, False, params)
 
-    def defers_auth(self) -> bool:
-        """Whether a missing token may still arrive in-protocol (Socket.IO v4 CONNECT auth)."""
-        return False
-
     def on_close(self) -> None:
         self.queue.discard()
         reason = self.close_cause
@@ -204,56 +320,6 @@ class Connection(tornado.websocket.WebSocketHandler):
             # Client-initiated, or Tornado's own 1009: not counted by disconnect().
             self.gateway.count_disconnect(reason or "client")
         self.gateway.detach(self)
-
-    def disconnect(self, code: int, reason: str) -> None:
-        """Server-initiated close with a documented code (the close frame follows queued data)."""
-        if self.close_cause is not None:
-            return
-        if is_final(code):
-            self.goodbye()
-        self.close_cause = reason
-        # Counted now, not when Tornado finally closes: a client that stops reading takes
-        # Tornado's 5 s close timeout to go away, and the decision is what operators watch.
-        self.gateway.count_disconnect(reason)
-        self.write_queued()
-        self.close(code, reason.replace("_", " "))
-
-    def fail(self, ref: object, err: RoomcastError) -> None:
-        self.gateway.count_error(err)
-        if self.ws_connection is not None and self.close_cause is None:
-            self.report_error(ref, err)
-
-    # --- outbound --------------------------------------------------------------------------
-    #
-    # Every byte to the client passes the send queue's accounting: frames we write ourselves,
-    # and bytes Tornado holds (a remainder the kernel did not take, or Tornado's own pong or
-    # close frame, see _Protocol._write_frame) count as in flight until Tornado has flushed
-    # them. So when nothing is pending or in flight, the socket may be written directly, in
-    # order, without asking Tornado (whose IOStream.write costs a Future, a done-callback and
-    # two call_soon per write: most of a write's cost at low rates).
-
-    def send_payload(self, payload: bytes) -> None:
-        self.push(text_frame(payload))
-
-    def push(self, frame: bytes) -> None:
-        """Queue one frame for the next write (deliveries take fan_out's loop instead)."""
-        if self.close_cause is not None:
-            return
-        queued = self.queue.push(frame)
-        if queued == FIRST:
-            self.gateway.mark_dirty(self.queue)
-        elif queued == REFUSED:
-            self.overflow()
-
-    def overflow(self) -> None:
-        """The send queue is over its bound: cut the slow consumer (4001)."""
-        dropped = self.queue.discard() + 1
-        self.gateway.metrics.dropped.labels("slow_consumer").inc(dropped)
-        self.disconnect(CloseCode.SLOW_CONSUMER, "slow_consumer")
-
-    def write_queued(self) -> int:
-        """Hand everything queued to the stream in one write; returns the bytes written."""
-        return write_queued((self.queue,))[1]
 
 
 class Outlet(SendQueue):
@@ -263,7 +329,7 @@ class Outlet(SendQueue):
 
     __slots__ = ("conn", "live", "sock")
 
-    def __init__(self, limit_bytes: int, conn: Connection) -> None:
+    def __init__(self, limit_bytes: int, conn: Peer) -> None:
         super().__init__(limit_bytes)
         self.conn = conn
         self.live = False  # welcomed and not closing: deliveries may flow
@@ -282,8 +348,7 @@ class Outlet(SendQueue):
             if sent == len(data):
                 return
             data = data[sent:]
-        ws = self.conn.ws_connection
-        stream = ws.stream if ws is not None else None
+        stream = self.conn.ws_stream()
         if stream is None:
             return  # closed meanwhile: nothing can be written
         try:
@@ -300,8 +365,8 @@ class Outlet(SendQueue):
     def _written(self, fut: asyncio.Future[None]) -> None:
         if fut.exception() is not None:
             return
-        ws = self.conn.ws_connection
-        if ws is None or ws.stream is None or ws.stream.writing():
+        stream = self.conn.ws_stream()
+        if stream is None or stream.writing():
             return  # more is buffered: the callback of a later write follows
         if self.written():
             self.conn.gateway.mark_dirty(self)
@@ -310,7 +375,7 @@ class Outlet(SendQueue):
 def fan_out(
     outlets: dict[str, Outlet],
     targets: Iterable[str],
-    frame_of: Callable[[Connection], bytes],
+    frame_of: Callable[[Peer], bytes],
     dirty: list[Outlet],
     *,
     direct: bool,

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from gateway.config import GatewayConfig
-from gateway.connection import Connection, Outlet, fan_out, write_queued
+from gateway.connection import Outlet, Peer, fan_out, write_queued
 from gateway.membership import LocalRooms
 from gateway.metrics import GatewayMetrics
 from gateway.plainws import dumps
@@ -50,7 +50,7 @@ class Gateway:
         self.identities: dict[str, tuple[str, bytes]] = {}
         # Requester context (gateway/requester.py) of every local socket, for the router.
         self.contexts: dict[str, bytes] = {}
-        self.conns: dict[str, Connection] = {}
+        self.conns: dict[str, Peer] = {}
         # --max-connections as the open-files limit allows, and the public connections still
         # in their HTTP exchange (this one included): both set by the process's edge.
         self.connection_cap = config.max_connections
@@ -63,7 +63,7 @@ class Gateway:
         self.upstream = Upstream(config, ctx, metrics, self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registering: set[str] = set()  # sockets whose SocketOpen awaits its reply
-        self._opening: dict[str, Connection] = {}  # opened this loop turn, registered at its end
+        self._opening: dict[str, Peer] = {}  # opened this loop turn, registered at its end
         self._timers: list[asyncio.Task[None]] = []
         self.tickers: list[Callable[[float], None]] = []  # per-second protocol timers
         self.tokens = TokenVerifier(
@@ -100,7 +100,7 @@ class Gateway:
 
     # --- connections -----------------------------------------------------------------------
 
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: Peer) -> None:
         self.conns[conn.sid] = conn
         self.outlets[conn.sid] = conn.queue
         self.local.add_socket(conn.sid)
@@ -114,7 +114,7 @@ class Gateway:
         if self.upstream.ready and conn.auth_error is None:
             self._register_soon(conn)
 
-    def _register_soon(self, conn: Connection) -> None:
+    def _register_soon(self, conn: Peer) -> None:
         """Register at the end of this loop turn together with every connection opened in it:
         an avalanche of connects costs the router one SocketOpen per turn, not one each."""
         self._opening[conn.sid] = conn
@@ -125,7 +125,7 @@ class Gateway:
         conns, self._opening = self._opening, {}
         self.spawn(self._register([c for sid, c in conns.items() if sid in self.conns]))
 
-    def identify(self, conn: Connection) -> None:
+    def identify(self, conn: Peer) -> None:
         """A connection proved its identity after attach (Socket.IO CONNECT auth)."""
         user = conn.identity.user
         if user:
@@ -145,13 +145,14 @@ class Gateway:
         elif self.upstream.ready:
             self._register_soon(conn)
 
-    async def _identify_registered(self, conn: Connection, user: str) -> None:
+    async def _identify_registered(self, conn: Peer, user: str) -> None:
         await self._set_presence(conn.sid, user)
         # Unless a link reset registered it again meanwhile (with its identity).
-        if conn.sid in self.conns and not (conn.registered or conn.hooking):
-            conn.on_registered()
+        live = self.conns.get(conn.sid)  # the same socket, maybe on its upgraded transport
+        if live is not None and not (live.registered or live.hooking):
+            live.on_registered()
 
-    def _context(self, conn: Connection) -> bytes:
+    def _context(self, conn: Peer) -> bytes:
         return context_json(
             conn.identity.claims, conn.request.headers.get_all(), self.config.handshake_headers
         )
@@ -168,9 +169,10 @@ class Gateway:
     def count_disconnect(self, reason: str) -> None:
         self.metrics.disconnects.labels(reason).inc()
 
-    def detach(self, conn: Connection) -> None:
-        if self.conns.pop(conn.sid, None) is None:
-            return
+    def detach(self, conn: Peer) -> None:
+        if self.conns.get(conn.sid) is not conn:
+            return  # gone already, or its session continues on another transport (replace)
+        del self.conns[conn.sid]
         self._opening.pop(conn.sid, None)
         del self.outlets[conn.sid]
         rooms = sorted(r for r in self.local.rooms_of(conn.sid) if r != conn.sid)
@@ -186,7 +188,18 @@ class Gateway:
             if self.config.disconnect_hook and conn.registered:
                 self.spawn(self._after_disconnect(conn.sid, rooms))
 
-    async def _register(self, conns: Iterable[Connection]) -> None:
+    def replace(self, old: Peer, new: Peer) -> None:
+        """``new`` carries on the socket ``old`` was (same sid, rooms and registration): a
+        Socket.IO session upgraded from polling to WebSocket. The router hears nothing."""
+        sid = old.sid
+        if self.conns.get(sid) is not old:
+            return
+        self.conns[sid] = new
+        self.outlets[sid] = new.queue
+        if sid in self._opening:
+            self._opening[sid] = new
+
+    async def _register(self, conns: Iterable[Peer]) -> None:
         # Skip sockets closing or already asking the connect hook (a link reset may re-run us).
         pending = [
             c
@@ -222,14 +235,15 @@ class Gateway:
             if changed and conn.sid in self.conns:
                 await self._set_presence(conn.sid, user)
             self._registering.discard(conn.sid)
-            if conn.sid in self.conns:
+            live = self.conns.get(conn.sid)  # the same socket, maybe on its upgraded transport
+            if live is not None:
                 if self.config.connect_hook:
-                    conn.hooking = True
-                    self.spawn(self._before_connect(conn))
+                    live.hooking = True
+                    self.spawn(self._before_connect(live))
                 else:
-                    conn.on_registered()
+                    live.on_registered()
 
-    async def _before_connect(self, conn: Connection) -> None:
+    async def _before_connect(self, conn: Peer) -> None:
         """Sails' beforeConnect as an action (``CONNECT /``): refuse with 1008 when it says no."""
         request = conn.request
         # The query is the client's: bytes that are not UTF-8 (``?x=%FF``) must not kill the
@@ -251,12 +265,17 @@ class Gateway:
             )
         except RoomcastError as err:
             log.warning("connect hook failed (%s): refusing socket", err.code)
-            conn.disconnect(CloseCode.INTERNAL_ERROR, "connect_hook_failed")
+            self.conns.get(conn.sid, conn).disconnect(
+                CloseCode.INTERNAL_ERROR, "connect_hook_failed"
+            )
+            return
+        live = self.conns.get(conn.sid)  # the same socket, maybe on its upgraded transport
+        if live is None:
             return
         if reply.status >= 400 or reply.body.strip() == b"false":
-            conn.disconnect(CloseCode.POLICY_VIOLATION, "refused_by_connect_hook")
-        elif conn.sid in self.conns:
-            conn.on_registered()
+            live.disconnect(CloseCode.POLICY_VIOLATION, "refused_by_connect_hook")
+        else:
+            live.on_registered()
 
     async def _after_disconnect(self, sid: str, rooms: list[str]) -> None:
         """Sails' afterDisconnect as an action (``DISCONNECT /``), told the rooms it was in."""
@@ -437,9 +456,7 @@ class Gateway:
         log.warning("drain timeout: cutting %d connections that did not close", len(self.conns))
         for conn in list(self.conns.values()):
             self.detach(conn)
-            ws = conn.ws_connection
-            if ws is not None and ws.stream is not None:
-                ws.stream.close()
+            conn.abort()
 
 
 def _history_json(offsets: tuple[wire.RoomOffset, ...]) -> bytes:

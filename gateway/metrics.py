@@ -99,6 +99,24 @@ class GatewayMetrics:
         self.refused = counter(
             "refused_total", "Hellos refused for an incompatible protocol version (either side)."
         )
+        self.polling_sessions = gauge(
+            "polling_sessions", "Socket.IO sessions on HTTP long-polling (not upgraded)."
+        )
+        self.polling_requests = counter(
+            "polling_requests_total",
+            "Engine.IO long-polling HTTP requests, by method (GET, POST, OPTIONS).",
+            ("method",),
+        )
+        self.polling_errors = counter(
+            "polling_errors_total",
+            "Engine.IO long-polling requests refused, by reason (unknown_sid, bad_request, "
+            "poll_overlap, post_overlap, too_large, no_length, bad_payload, body_timeout, "
+            "poll_closed, rate_limited, origin, full, draining, unsupported_version).",
+            ("reason",),
+        )
+        self.upgrades = counter(
+            "upgrades_total", "Socket.IO sessions upgraded from long-polling to WebSocket."
+        )
         self.id_conflicts = counter(
             "id_conflicts_total",
             "Hellos refused because another live gateway process holds this --gateway-id.",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from gateway import plainws
-from gateway.connection import Connection
+from gateway.connection import Connection, Peer
 from gateway.frames import PING_FRAME, text_frame
 from gateway.sails import strip_headers
 from roomcast.core import wire
@@ -154,7 +154,7 @@ class PlainHandler(Connection):
             self.fail(op.ref, InternalError("internal error"))
 
 
-def ws_ticker(conns: dict[str, Connection]) -> Callable[[float], None]:
+def ws_ticker(conns: dict[str, Peer]) -> Callable[[float], None]:
     """The hub's per-second callback that keeps every /ws connection's keepalive."""
 
     def tick(now: float) -> None:

@@ -9,16 +9,17 @@ Socket.IO server does: drop the client), after an Engine.IO/Socket.IO disconnect
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
+import tornado.websocket
 
 from gateway import sails, socketio
-from gateway.connection import Connection
-from gateway.frames import text_frame
+from gateway.connection import Connection, Peer
 from gateway.plainws import dumps
 from gateway.tokens import TokenError
 from roomcast.core import wire
@@ -26,7 +27,11 @@ from roomcast.core.closecodes import CloseCode
 from roomcast.core.errors import BadRequest, InternalError, RateLimited, RoomcastError
 from roomcast.core.rooms import validate_room
 
-__all__ = ["GetCookieHandler", "SioHandler", "sio_ticker"]
+__all__ = ["GetCookieHandler", "SioHandler", "SioPeer", "sio_ticker"]
+
+if TYPE_CHECKING:
+    from gateway.hub import Gateway
+    from gateway.polling import PollingSession, Sessions
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -37,60 +42,49 @@ _PRESENCE_EVENTS = frozenset({"roomcast:presence", "roomcast:presence_stats"})
 _TICK_S = 1.0
 
 
-class SioHandler(Connection):
-    def initialize(self, gateway: Any) -> None:
-        super().initialize(gateway)
-        self.eio = 4
+class SioPeer(Peer):
+    """A Socket.IO socket (Engine.IO v3 or v4), whatever its transport: WebSocket
+    (:class:`SioHandler`) or HTTP long-polling (gateway/polling.py)."""
+
+    def init_sio(self, gateway: Gateway, eio: int) -> None:
+        self.eio = eio
         self.sdk_ok = False
         self.ns_requested = False  # EIO4: the client sent CONNECT for "/"
-        self.last_seen = self.opened_at = time.monotonic()
+        self.last_seen = self.opened_at
         self.ping_sent_at: float | None = None  # EIO4: a ping awaits its pong
         # EIO4: the server pings on a fixed schedule, whatever else the client sends: the client
         # resets its heartbeat timer only on a ping (engine.io-client 6), not on other traffic.
         self.next_ping_at = self.last_seen + gateway.config.sio_ping_interval_s
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        # Engine.IO answers plain HTTP (polling) with 400 "Transport unknown"; we serve only
-        # the websocket transport, as Sails does by default.
-        eio = self.get_query_argument("EIO", "")
-        transport = self.get_query_argument("transport", "")
-        upgrade = self.request.headers.get("Upgrade", "").lower() == "websocket"
-        if transport != "websocket" or not upgrade:
-            self._http_error(0, "Transport unknown")
-            return
-        if eio not in ("3", "4"):
-            self._http_error(5, "Unsupported protocol version")
-            return
-        self.eio = int(eio)
-        self.sdk_ok = sails.sdk_version_ok(self.get_query_argument("__sails_io_sdk_version", None))
-        await super().get(*args, **kwargs)
+    def adopt(self, other: SioPeer) -> None:
+        """Carry on ``other``'s socket (an upgrade to this transport): its id and state."""
+        self.sid = other.sid
+        self.identity = other.identity
+        self.auth_error = other.auth_error
+        self.registered = other.registered
+        self.hooking = other.hooking
+        self.opened_at = other.opened_at
+        self.limit = other.limit
+        self.eio = other.eio
+        self.sdk_ok = other.sdk_ok
+        self.ns_requested = other.ns_requested
+        self.last_seen = other.last_seen
+        self.ping_sent_at = other.ping_sent_at
+        self.next_ping_at = other.next_ping_at
+        self.welcomed = other.welcomed
 
-    def _http_error(self, code: int, message: str) -> None:
-        self.gateway.metrics.client_errors.labels("transport").inc()
-        self.set_status(400)
-        self.set_header("Content-Type", "application/json")
-        self.finish({"code": code, "message": message})
+    def client_closed(self) -> None:
+        """The client said goodbye (Engine.IO close, Socket.IO disconnect)."""
+        raise NotImplementedError
 
-    # --- Connection hooks ------------------------------------------------------------------
-
-    def open(self, *args: str, **kwargs: str) -> None:
-        config = self.gateway.config
-        self.send_payload(
-            socketio.encode_open(
-                self.sid,
-                ping_interval_ms=int(config.sio_ping_interval_s * 1000),
-                ping_timeout_ms=int(config.sio_ping_timeout_s * 1000),
-                max_payload=config.max_frame_bytes,
-            )
-        )
-        super().open(*args, **kwargs)
+    # --- Peer hooks ------------------------------------------------------------------------
 
     def event_frame(self, event: str, data_json: bytes, history_json: bytes = b"") -> bytes:
         if history_json:
             # An extra argument plain clients ignore: 42["event",data,{"roomcast":{...}}].
             extra = b',{"roomcast":{"history":' + history_json + b"}}"
-            return text_frame(socketio.encode_event(event, data_json + extra))
-        return text_frame(socketio.encode_event(event, data_json))
+            return self.frame(socketio.encode_event(event, data_json + extra))
+        return self.frame(socketio.encode_event(event, data_json))
 
     def on_registered(self) -> None:
         super().on_registered()
@@ -150,12 +144,9 @@ class SioHandler(Connection):
 
     # --- inbound ---------------------------------------------------------------------------
 
-    def on_message(self, message: str | bytes) -> None:
-        self.gateway.metrics.frames_in.inc()
+    def on_packet(self, message: str) -> None:
+        """One Engine.IO packet from the client, whatever carried it."""
         self.last_seen = time.monotonic()
-        if isinstance(message, bytes):
-            self._malformed("binary frames are not supported")
-            return
         try:
             packet = socketio.parse(message)
         except socketio.PacketError as exc:
@@ -171,7 +162,7 @@ class SioHandler(Connection):
         elif kind == "pong":
             self.ping_sent_at = None
         elif kind == "close" or kind == "disconnect":
-            self.close(1000)
+            self.client_closed()
         elif kind == "connect":
             if packet.namespace != "/":
                 self.send_payload(
@@ -340,12 +331,143 @@ class SioHandler(Connection):
             self.send_payload(socketio.PING)
 
 
-def sio_ticker(conns: dict[str, Connection]) -> Any:
+class SioHandler(SioPeer, Connection):
+    """Socket.IO over WebSocket: a new socket, or one upgraded from HTTP long-polling (the
+    client opens it with the polling session's ``sid``, probes it, then sends ``5``)."""
+
+    def initialize(self, gateway: Gateway, sessions: Sessions | None = None) -> None:
+        super().initialize(gateway)
+        self.init_sio(gateway, 4)
+        self.sessions = sessions
+        self.upgrade_from: PollingSession | None = None  # probing to take this session over
+        self._upgrade_timer: asyncio.TimerHandle | None = None
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # Engine.IO answers what is neither polling (gateway/polling.py) nor a WebSocket
+        # handshake with 400 "Transport unknown".
+        eio = self.get_query_argument("EIO", "")
+        transport = self.get_query_argument("transport", "")
+        upgrade = self.request.headers.get("Upgrade", "").lower() == "websocket"
+        if transport != "websocket" or not upgrade:
+            self._http_error(0, "Transport unknown")
+            return
+        if eio not in ("3", "4"):
+            self._http_error(5, "Unsupported protocol version")
+            return
+        self.eio = int(eio)
+        sid = self.get_query_argument("sid", None)
+        if sid is not None:
+            session = self.sessions.get(sid) if self.sessions is not None else None
+            if session is None or session.ended or session.prober is not None:
+                self.gateway.metrics.polling_errors.labels("unknown_sid").inc()
+                self._http_error(1, "Session ID unknown")
+                return
+            if session.eio != self.eio:
+                self.gateway.metrics.polling_errors.labels("bad_request").inc()
+                self._http_error(3, "Bad request")
+                return
+            self.upgrade_from = session
+            session.prober = self
+            # The session was admitted (connection bound, token) at its polling handshake.
+            await tornado.websocket.WebSocketHandler.get(self, *args, **kwargs)
+            return
+        self.sdk_ok = sails.sdk_version_ok(self.get_query_argument("__sails_io_sdk_version", None))
+        await super().get(*args, **kwargs)
+
+    def _http_error(self, code: int, message: str) -> None:
+        self.gateway.metrics.client_errors.labels("transport").inc()
+        self.set_status(400)
+        self.set_header("Content-Type", "application/json")
+        self.finish({"code": code, "message": message})
+
+    # --- the WebSocket ----------------------------------------------------------------------
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        session = self.upgrade_from
+        if session is not None:
+            self.take_stream()
+            self.set_nodelay(True)
+            if session.ended or session.prober is not self:
+                self.upgrade_from = None
+                self.close(1000)
+                return
+            timeout = self.gateway.config.sio_upgrade_timeout_s
+            loop = asyncio.get_running_loop()
+            self._upgrade_timer = loop.call_later(timeout, self._upgrade_failed)
+            return
+        config = self.gateway.config
+        self.send_payload(
+            socketio.encode_open(
+                self.sid,
+                ping_interval_ms=int(config.sio_ping_interval_s * 1000),
+                ping_timeout_ms=int(config.sio_ping_timeout_s * 1000),
+                max_payload=config.max_frame_bytes,
+            )
+        )
+        super().open(*args, **kwargs)
+
+    def on_message(self, message: str | bytes) -> None:
+        self.gateway.metrics.frames_in.inc()
+        if self.upgrade_from is not None:
+            self._probing(message)
+            return
+        if isinstance(message, bytes):
+            self.last_seen = time.monotonic()
+            self._malformed("binary frames are not supported")
+            return
+        self.on_packet(message)
+
+    def _probing(self, message: str | bytes) -> None:
+        """The upgrade's exchange: ``2probe`` -> ``3probe``, then ``5`` (anything else fails
+        the upgrade, as with the reference server; the polling session carries on)."""
+        session = self.upgrade_from
+        assert session is not None
+        if message == "2probe" and not session.upgrading:
+            self.push(self.frame(b"3probe"))
+            self.write_queued()
+            session.probed()
+        elif message == "5" and session.upgrading:
+            self._upgraded(session)
+        else:
+            self._upgrade_failed()
+
+    def _upgraded(self, session: PollingSession) -> None:
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+        self.upgrade_from = None
+        self.adopt(session)
+        self.gateway.replace(session, self)
+        session.retire(self)
+        self.write_queued()
+
+    def _upgrade_failed(self) -> None:
+        session = self.upgrade_from
+        if session is None:
+            return
+        self.upgrade_from = None
+        if session.prober is self:
+            session.prober = None
+            session.upgrading = False
+        self.close(1000)
+
+    def on_close(self) -> None:
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+        if self.upgrade_from is not None:
+            self._upgrade_failed()  # a probe that went away: nothing to count or detach
+            return
+        super().on_close()
+
+    def client_closed(self) -> None:
+        self.close(1000)
+
+
+def sio_ticker(conns: dict[str, Peer]) -> Any:
     """The hub's per-second callback that runs every Socket.IO connection's heartbeat."""
 
     def tick(now: float) -> None:
         for conn in list(conns.values()):
-            if isinstance(conn, SioHandler):
+            if isinstance(conn, SioPeer):
                 conn.tick(now)
 
     return tick

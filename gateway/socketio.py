@@ -126,12 +126,18 @@ def _parse_socket(text: str) -> Packet:
 
 
 def encode_open(
-    sid: str, *, ping_interval_ms: int, ping_timeout_ms: int, max_payload: int
+    sid: str,
+    *,
+    ping_interval_ms: int,
+    ping_timeout_ms: int,
+    max_payload: int,
+    upgrades: tuple[str, ...] = (),
 ) -> bytes:
+    """The handshake; a polling session offers ``upgrades=("websocket",)``."""
     return b"0" + _dumps(
         {
             "sid": sid,
-            "upgrades": [],
+            "upgrades": list(upgrades),
             "pingInterval": ping_interval_ms,
             "pingTimeout": ping_timeout_ms,
             "maxPayload": max_payload,

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import tornado.iostream
 import tornado.websocket
 
 from gateway.connection import Outlet, _Protocol
@@ -40,6 +41,10 @@ class Peer(tornado.websocket.WebSocketHandler):
 
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
         return _Protocol(self, False, tornado.websocket._WebSocketParams())  # type: ignore[arg-type]
+
+    def ws_stream(self) -> tornado.iostream.IOStream | None:
+        ws = self.ws_connection
+        return ws.stream if ws is not None else None
 
     def open(self, *args: str, **kwargs: str) -> None:
         assert self.ws_connection is not None and self.ws_connection.stream is not None

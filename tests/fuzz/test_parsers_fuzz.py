@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from gateway import plainws, sails, socketio
+from gateway import eio_polling, plainws, sails, socketio
 from roomcast.core import wire
 from roomcast.core.errors import RoomcastError, WireError
 from tests.fuzz.strategies import (
@@ -81,6 +81,46 @@ def test_socketio_parse_and_virtual_requests() -> None:
 
     run.until_done(example, batch=st.lists(sio_texts, min_size=BATCH_MIN, max_size=BATCH_MAX))
     run.report()
+
+
+def test_eio_polling_payloads() -> None:
+    """``eio_polling.decode_payload`` raises only ``PayloadError``, and what the gateway encodes
+    (packets as a payload, v3 lengths in UTF-16 units) decodes back to the same packets."""
+    run = Run("eio_polling.decode_payload", PURE_CASES)
+    utf8_packets = sio_packets().filter(lambda p: _utf8(p) is not None)
+
+    def example(eio: int, bodies: list[bytes], packets: list[str]) -> None:
+        for body in bodies:
+            try:
+                decoded = eio_polling.decode_payload(eio, body)
+            except eio_polling.PayloadError:
+                continue
+            assert decoded and all(decoded), (body, decoded)
+        sendable = [p for p in packets if p and p[0] != "b" and (eio == 3 or "\x1e" not in p)]
+        if sendable:
+            payload = eio_polling.encode_payload(eio, [p.encode() for p in sendable])
+            assert eio_polling.decode_payload(eio, payload) == sendable
+        run.cases += len(bodies) + len(packets)
+        run.examples += 1
+
+    run.until_done(
+        example,
+        eio=st.sampled_from([3, 4]),
+        bodies=st.lists(
+            st.binary(max_size=40) | utf8_packets.map(lambda p: f"{len(p)}:{p}".encode()),
+            min_size=BATCH_MIN,
+            max_size=BATCH_MAX,
+        ),
+        packets=st.lists(utf8_packets, max_size=8),
+    )
+    run.report()
+
+
+def _utf8(text: str) -> bytes | None:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def _encoded(msg: wire.Message) -> bytes | None:

@@ -155,8 +155,14 @@ def test_gateways_serve_the_sails_io_js_browser_build(dev: dict[str, Any]) -> No
         assert "sails.io.js" in body and "__sails_io_sdk_version" in body
 
 
-def test_message_typed_in_one_tab_appears_in_the_other(dev: dict[str, Any], browser: Any) -> None:
-    first, second = (g["public"] + "/" for g in dev["gateways"])
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_message_typed_in_one_tab_appears_in_the_other(
+    dev: dict[str, Any], browser: Any, transport: str
+) -> None:
+    """With ``transport=polling`` the page has no WebSocket at all (as behind a proxy that
+    blocks it) and sails.io.js stays on HTTP long-polling."""
+    query = "?transport=polling" if transport == "polling" else ""
+    first, second = (g["public"] + "/" + query for g in dev["gateways"])
     assert first != second
     room = f"room-{uuid.uuid4().hex[:8]}"
     with screenshots_on_failure(browser):
@@ -168,6 +174,9 @@ def test_message_typed_in_one_tab_appears_in_the_other(dev: dict[str, Any], brow
             tab.type_into("room", room)
             tab.click("#roomForm button")
             tab.wait_text("roomName", room)
+        for tab in (alice, bob):
+            used = tab._focus().execute_script("return io.socket._raw.io.engine.transport.name")
+            assert used == transport
         # Exact, cluster-wide member counts, pushed to both tabs.
         alice.wait_text("members", "2")
         bob.wait_text("members", "2")

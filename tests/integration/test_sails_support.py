@@ -188,6 +188,10 @@ def extra_gateway(sc: SailsCluster, name: str, *args: str) -> tuple[Proc, str]:
 # ------------------------------------------------------------------------------ node clients
 
 
+# The driver's transports unless a test asks otherwise (tests/js/sails_client.js).
+WEBSOCKET_ONLY: tuple[str, ...] = ("websocket",)
+
+
 class NodeDriver:
     """``tests/js/sails_client.js``: real JS Socket.IO clients, driven by JSON lines.
 
@@ -340,13 +344,17 @@ class NodeDriver:
         wait: bool = True,
         reconnect: bool = False,
         rejoin: dict[str, Any] | None = None,
+        transports: Sequence[str] | None = WEBSOCKET_ONLY,
     ) -> tuple[str, dict[str, Any]]:
         """``io.sails.connect(url)``; returns the client name and the command's reply (which
-        says which of ``requests``, made before connecting, sails.io.js queued). ``reconnect``
-        and ``rejoin``: see tests/js/sails_client.js."""
+        says which of ``requests``, made before connecting, sails.io.js queued). ``reconnect``,
+        ``rejoin`` and ``transports`` (None: the library's default): see
+        tests/js/sails_client.js."""
         name = self.client_name("sails")
         fields: dict[str, Any] = {"client": name, "url": url, "listen": list(listen)}
         fields.update(reconnect=reconnect, rejoin=rejoin)
+        if transports != WEBSOCKET_ONLY:
+            fields["transports"] = None if transports is None else list(transports)
         if query is not None:
             fields["query"] = query
         if headers is not None:
@@ -398,12 +406,16 @@ class NodeDriver:
         wait: bool = True,
         reconnect: bool = False,
         rejoin: dict[str, Any] | None = None,
+        transports: Sequence[str] | None = WEBSOCKET_ONLY,
     ) -> tuple[str, str | None]:
         """A raw socket.io-client ``version``.x socket; returns its name and (once connected)
-        its socket id. ``reconnect`` and ``rejoin``: see tests/js/sails_client.js."""
+        its socket id. ``reconnect``, ``rejoin`` and ``transports`` (None: the library's
+        default, polling then the upgrade): see tests/js/sails_client.js."""
         name = self.client_name(f"sio{version}-")
         fields: dict[str, Any] = {"client": name, "version": version, "url": url}
         fields.update(reconnect=reconnect, rejoin=rejoin)
+        if transports != WEBSOCKET_ONLY:
+            fields["transports"] = None if transports is None else list(transports)
         if query is not None:
             fields["query"] = query
         if headers is not None:

@@ -8,7 +8,8 @@ Documented outcomes (gateway/sio_handler.py, architecture §4-§5):
   ``sails:parseError`` event; the connection stays and keeps being served;
 * a namespace other than ``/`` is refused (``44/<nsp>,{"message": ...}`` for CONNECT, a 400
   error for events); a frame over ``--max-frame-bytes`` gets ``41``, then close 1009;
-* HTTP long-polling gets Engine.IO's 400 ``Transport unknown``.
+* a request that is neither polling nor a WebSocket handshake gets Engine.IO's 400
+  ``Transport unknown`` (polling's own bad input: test_socketio_polling_bad_input.py).
 
 Each case also shows that other connections are unaffected: a sails.io.js client (Node) on the
 offender's gateway and a plain ``/ws`` client on the other gateway, both in one room since the
@@ -322,9 +323,13 @@ def test_large_frame_under_the_limit_is_served(
 # ------------------------------------------------------------------ plain HTTP
 
 
-@pytest.mark.parametrize("eio", ["4", "3"])
-def test_polling_gets_transport_unknown(sc: SailsCluster, check: Bystanders, eio: str) -> None:
-    status, body = http_get(sc.public(0) + f"/socket.io/?EIO={eio}&transport=polling")
+@pytest.mark.parametrize("transport", ["flashsocket", "", "websocket"])
+def test_other_transports_get_transport_unknown(
+    sc: SailsCluster, check: Bystanders, transport: str
+) -> None:
+    """Polling is served (tests/integration/test_socketio_polling*.py); an unknown transport,
+    none, or ``websocket`` without a WebSocket handshake is Engine.IO's "Transport unknown"."""
+    status, body = http_get(sc.public(0) + f"/socket.io/?EIO=4&transport={transport}")
     assert status == 400
     assert json.loads(body) == {"code": 0, "message": "Transport unknown"}
 

@@ -1,18 +1,22 @@
 """A python-socketio client (python-socketio 5 / python-engineio 4: Engine.IO v4) against a real
 cluster: websocket transport, the Sails SDK version in the query, virtual requests emitted with a
-callback, and pushes received by event handlers."""
+callback, and pushes received by event handlers; then ``Client`` and ``AsyncClient`` (aiohttp)
+with their default transports (long-polling, then the upgrade) and held on polling."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 import socketio  # type: ignore[import-untyped]
 
 from tests.conftest import TIMEOUT_UNIT as T
+from tests.conftest import deadline_poll
 from tests.integration.harness import Event, WsClient
 from tests.integration.test_sails_support import (
     SDK_QUERY,
@@ -38,15 +42,28 @@ def sdk(sc: SailsCluster) -> Iterator[Any]:
     client.close()
 
 
+WEBSOCKET = ["websocket"]
+
+
 class PyClient:
     """A ``socketio.Client`` whose every received event lands in a queue."""
 
-    def __init__(self, public: str, *, query: str | None = SDK_QUERY) -> None:
+    def __init__(
+        self,
+        public: str,
+        *,
+        query: str | None = SDK_QUERY,
+        transports: list[str] | None = WEBSOCKET,
+    ) -> None:
+        """``transports``: None for python-socketio's default (polling, then websocket)."""
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.sio = socketio.Client(reconnection=False)
+        # Our own HTTP session, closed with the client: python-engineio drops its own without
+        # closing it (an unclosed socket warning at exit).
+        self.http = requests.Session()
+        self.sio = socketio.Client(reconnection=False, http_session=self.http)
         self.sio.on("*", lambda event, *args: self.events.put((event, list(args))))
         url = public + (f"/?{query}" if query else "")
-        self.sio.connect(url, transports=["websocket"], wait_timeout=10 * T)
+        self.sio.connect(url, transports=transports, wait_timeout=10 * T)
 
     def call(self, event: str, method: str, url: str, data: Any = None) -> Any:
         """Emit a virtual request with a callback; returns the callback's argument (the JWR)."""
@@ -68,6 +85,7 @@ class PyClient:
 
     def close(self) -> None:
         self.sio.disconnect()
+        self.http.close()
 
 
 @pytest.fixture
@@ -137,3 +155,79 @@ def test_receives_pushes_and_is_omitted_from_its_own_shout(
     mark = uuid.uuid4().hex
     sdk.sockets.broadcast(sid, "marker", mark)
     assert client.next_event() == ("marker", [mark]), "the requester was not omitted"
+
+
+# ------------------------------------------------------------------ long-polling
+
+
+@pytest.mark.parametrize("transports", [None, ["polling"]], ids=["default", "polling"])
+def test_client_with_default_or_polling_transports(
+    sc: SailsCluster, clients: list[PyClient], sdk: Any, transports: list[str] | None
+) -> None:
+    """``Client`` with no transports (polling, then the upgrade) or held on polling: joins via
+    a virtual request on each gateway and receives the SDK's broadcasts."""
+    room = f"py-poll-{uuid.uuid4().hex[:12]}"
+    for gateway in (0, 1):
+        client = PyClient(sc.public(gateway), transports=transports)
+        clients.append(client)
+        assert_jwr_shape(client.call("post", "post", "/rooms/join", {"room": room}), 200)
+    if transports is None:
+        deadline_poll(
+            lambda: all(c.sio.transport() == "websocket" for c in clients),
+            10 * T,
+            message="both clients to upgrade to websocket",
+        )
+    else:
+        assert all(c.sio.transport() == "polling" for c in clients)
+    sdk.sockets.broadcast(room, "news", {"n": 1})
+    for client in clients:
+        assert client.next_event() == ("news", [{"n": 1}])
+    big = "z" * (1024 * 1024 - 512)
+    jwr = clients[0].call("post", "post", "/echo", {"big": big})
+    assert jwr["body"]["data"]["big"] == big
+
+
+@pytest.mark.parametrize("transports", [None, ["polling"]], ids=["default", "polling"])
+def test_async_client_with_default_or_polling_transports(
+    sc: SailsCluster, sdk: Any, transports: list[str] | None
+) -> None:
+    """``AsyncClient`` (aiohttp) the same way, on both gateways."""
+    room = f"py-async-{uuid.uuid4().hex[:12]}"
+
+    async def scenario() -> list[str]:
+        made: list[Any] = []
+        inboxes: list[asyncio.Queue[Any]] = []
+        try:
+            for gateway in (0, 1):
+                inbox: asyncio.Queue[Any] = asyncio.Queue()
+                sio = socketio.AsyncClient(reconnection=False)
+                sio.on("news", inbox.put)
+                made.append(sio)
+                inboxes.append(inbox)
+                url = sc.public(gateway) + f"/?{SDK_QUERY}"
+                await sio.connect(url, transports=transports, wait_timeout=10 * T)
+                ctx = {
+                    "method": "post",
+                    "headers": {},
+                    "data": {"room": room},
+                    "url": "/rooms/join",
+                }
+                jwr = await sio.call("post", ctx, timeout=10 * T)
+                assert_jwr_shape(jwr, 200)
+            if transports is None:
+                for _ in range(int(100 * T)):
+                    if all(s.transport() == "websocket" for s in made):
+                        break
+                    await asyncio.sleep(0.1)  # polling the client's state with a deadline
+            await asyncio.to_thread(sdk.sockets.broadcast, room, "news", {"n": 2})
+            for inbox in inboxes:
+                assert await asyncio.wait_for(inbox.get(), 10 * T) == {"n": 2}
+            return [s.transport() for s in made]
+        finally:
+            for sio in made:
+                await sio.disconnect()
+
+    sc.check_healthy()
+    got = asyncio.run(scenario())
+    assert got == (["websocket"] * 2 if transports is None else ["polling"] * 2)
+    sc.check_healthy()

@@ -16,6 +16,10 @@
 //       has connected (sails.io.js queues them); each queued request answers with its own "id".
 //   {"op": "sio", "client", "version": 2 | 4, "url", "query"?, "headers"?, "auth"?, "listen"?: [event]}
 //       a raw socket.io-client socket, websocket transport only, no reconnection.
+//   Both take "transports": a list (["polling"], ["polling", "websocket"]) instead of the
+//   driver's ["websocket"], or null for the library's default (no transports option at all,
+//   so polling first, then the upgrade). Such a client reports "upgrade" {transport} when its
+//   Engine.IO connection moves to another transport, and "state" says its transport.
 //   Both take "reconnect": true to keep the library's own reconnection with its default
 //   settings (sails.io.js: `reconnection: true`, as a Sails app sets it), and "rejoin":
 //   {"url", "data", "room"?} to make that virtual POST on every connect, as an app's connect
@@ -82,6 +86,25 @@ function watch(name, raw, events) {
   for (const event of events || []) listen(name, raw, event);
 }
 
+function chooseTransports(opts, cmd) {
+  if (!('transports' in cmd)) return;
+  if (cmd.transports === null) delete opts.transports;
+  else opts.transports = cmd.transports;
+}
+
+// Engine.IO's transport changes (the upgrade from polling), whichever engine the manager opens.
+function watchEngine(name, raw) {
+  const manager = raw.io;
+  const bind = () => {
+    const engine = manager.engine;
+    if (!engine || engine.__watched) return;
+    engine.__watched = true;
+    engine.on('upgrade', (transport) => report(name, 'upgrade', { transport: transport.name }));
+  };
+  bind();
+  manager.on('open', bind);
+}
+
 function listen(name, target, event) {
   target.on(event, (...args) => report(name, 'event', { event, args: args.map(plain) }));
 }
@@ -120,6 +143,7 @@ function handle(cmd) {
     case 'sails': {
       const reconnection = !!cmd.reconnect;
       const opts = { url: cmd.url, multiplex: false, transports: ['websocket'], reconnection };
+      chooseTransports(opts, cmd);
       if (cmd.query) opts.query = cmd.query;
       if (cmd.headers) opts.initialConnectionHeaders = cmd.headers;
       const socket = sailsIo.sails.connect(opts);
@@ -128,6 +152,7 @@ function handle(cmd) {
       // Bound on the SailsSocket: sails.io.js replays them onto the raw socket.
       for (const event of cmd.listen || []) listen(name, socket, event);
       socket.on('connect', () => report(name, 'connect', { sid: socket._raw.id }));
+      if ('transports' in cmd && socket._raw) watchEngine(name, socket._raw);
       socket.on('disconnect', (reason) => report(name, 'disconnect', { reason: String(reason) }));
       if (reconnection) {
         socket._raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
@@ -157,6 +182,7 @@ function handle(cmd) {
     }
     case 'sio': {
       const opts = { transports: ['websocket'], forceNew: true };
+      chooseTransports(opts, cmd);
       if (!cmd.reconnect) opts.reconnection = false;
       if (cmd.query) opts.query = cmd.query;
       if (cmd.headers) opts.extraHeaders = cmd.headers;
@@ -165,6 +191,7 @@ function handle(cmd) {
       const entry = { kind: 'sio', socket: raw, stamped: !!cmd.reconnect || !!cmd.rejoin };
       clients.set(name, entry);
       watch(name, raw, cmd.listen);
+      if ('transports' in cmd) watchEngine(name, raw);
       if (cmd.version === 4) raw.io.on('ping', () => report(name, 'ping'));
       if (cmd.reconnect) raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
       if (cmd.rejoin) {
@@ -225,7 +252,10 @@ function handle(cmd) {
       return;
     case 'state': {
       const connected = entry.kind === 'sails' ? socket.isConnected() : socket.connected;
-      write({ id, type: 'state', connected, sid: entry.kind === 'sails' ? socket._raw && socket._raw.id : socket.id });
+      const raw = entry.kind === 'sails' ? socket._raw : socket;
+      const engine = raw && raw.io && raw.io.engine;
+      const transport = engine && engine.transport ? engine.transport.name : null;
+      write({ id, type: 'state', connected, transport, sid: entry.kind === 'sails' ? socket._raw && socket._raw.id : socket.id });
       return;
     }
     case 'disconnect':

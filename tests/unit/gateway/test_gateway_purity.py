@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 PURE_MODULES = (
     "gateway.plainws",
     "gateway.socketio",
+    "gateway.eio_polling",
     "gateway.sails",
     "gateway.frames",
     "gateway.sendqueue",
