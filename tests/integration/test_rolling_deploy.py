@@ -7,10 +7,11 @@ action worker is replaced under request load.
 
 Clients on both gateways use their libraries' own reconnection with its default settings: the
 npm sails.io.js 1.2.1 (``io.sails.reconnection = true``, as a Sails app sets it) and
-socket.io-client 4 (its default), plus a plain ``/ws`` client that reconnects the way the
-README's snippet does. On every connect each re-joins its room as an app's connect handler would
-and catches up from the room's history, so every message an SDK publisher broadcast while the
-client was away is recovered. Measured and printed: each client's time from the drain to its
+socket.io-client 4 (every option at its default: long-polling, then the upgrade, asserted),
+plus a plain ``/ws`` client that reconnects the way the README's snippet does. On every
+connect each re-joins its room as an app's connect handler would and catches up from the
+room's history, so every message an SDK publisher broadcast while the client was away is
+recovered. Measured and printed: each client's time from the drain to its
 re-join, its reconnect attempts, and the messages it missed live and recovered.
 """
 
@@ -137,14 +138,17 @@ class NodeClient:
             self.name, _ = js.sails(url, listen=["tick"], reconnect=True, rejoin=rejoin)
         else:
             query = {"__sails_io_sdk_version": SDK_VERSION}
+            # Every option at the library's default but the query: long-polling first, then
+            # the upgrade to WebSocket, and its own reconnection.
             self.name, _ = js.sio(
-                4, url, query=query, listen=["tick"], reconnect=True, rejoin=rejoin
+                4, url, query=query, listen=["tick"], reconnect=True, rejoin=rejoin, transports=None
             )
         self.joins: list[float] = []
         self.disconnects: list[tuple[float, str]] = []
         self.attempts: list[tuple[float, int]] = []
         self.live: list[int] = []
         self.recovered: list[int] = []
+        self.upgrades: list[str] = []  # socket.io-client 4: from long-polling, per connection
 
     def collect(self) -> None:
         """Take everything the driver has buffered for this client."""
@@ -166,6 +170,8 @@ class NodeClient:
                 self.disconnects.append((at, m["reason"]))
             elif kind == "reconnect_attempt":
                 self.attempts.append((at, m["attempt"]))
+            elif kind == "upgrade":
+                self.upgrades.append(m["transport"])
 
 
 # --- the test -----------------------------------------------------------------------------------
@@ -278,6 +284,8 @@ def test_rolling_deploy_strands_no_client(deploy: tuple[Pair, NodeDriver]) -> No
     for _, c in node:
         reasons = {reason for _, reason in c.disconnects}
         assert reasons == {"transport close"}, (c.name, c.disconnects)
+        if c.kind == "sio4":  # each of its connections began on long-polling and upgraded
+            assert c.upgrades == ["websocket"] * len(c.joins), (c.name, c.upgrades)
     for _, w in plain:
         assert [code for _, code in w.closes] == [1001], (w.name, w.closes)
 
