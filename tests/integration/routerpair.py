@@ -220,33 +220,30 @@ class Pair:
 
     def restart_primary(self) -> None:
         """The primary again, on the same addresses (gateways and SDK know only those)."""
-        info = self.primary.info
-        self.primary = self._add(
-            router_proc(
-                "primary-restarted",
-                "primary",
-                commands=info["commands"],
-                fanout=info["fanout"],
-                http_port=port_of(info["http"]),
-                peer=(info["peer"], ""),
-                extra=self.router_args,
-            )
-        )
+        self.restart("primary")
 
-    def restart_backup(self) -> None:
-        """The backup again, on the same addresses."""
-        info = self.backup.info
-        self.backup = self._add(
+    def restart(self, role: str) -> Proc:
+        """The router of ``role`` again, on its same addresses; returns the new process."""
+        old = self.primary if role == "primary" else self.backup
+        info = old.info
+        # The primary binds the router-router link; the backup connects to it.
+        peer = (info["peer"], "") if role == "primary" else ("", self.primary.info["peer"])
+        new = self._add(
             router_proc(
-                "backup-restarted",
-                "backup",
+                f"{role}-restarted",
+                role,
                 commands=info["commands"],
                 fanout=info["fanout"],
                 http_port=port_of(info["http"]),
-                peer=("", self.primary.info["peer"]),
+                peer=peer,
                 extra=self.router_args,
             )
         )
+        if role == "primary":
+            self.primary = new
+        else:
+            self.backup = new
+        return new
 
     def stop(self) -> None:
         for client in self.clients:

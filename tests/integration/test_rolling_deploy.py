@@ -210,8 +210,7 @@ def roll_router(pair: Pair, role: str) -> None:
     leaving.check_log()
     deadline_poll(lambda: ready_status(peer) == 200, 20 * T, message=f"the {role}'s peer serves")
     deadline_poll(pair.gateways_ready, 20 * T, message=f"gateways off the {role}")
-    (pair.restart_primary if role == "primary" else pair.restart_backup)()
-    back = pair.primary if role == "primary" else pair.backup
+    back = pair.restart(role)
     deadline_poll(lambda: paired(back), 20 * T, message=f"the {role} back and paired")
     assert ready_status(back) == 503  # standing by: the peer keeps serving
 

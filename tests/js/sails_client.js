@@ -65,6 +65,21 @@ function report(client, type, extra) {
   write(Object.assign({ client, type }, stamped, extra || {}));
 }
 
+// What an app does on every connect: join its room again with a virtual POST (`post(url, data,
+// done(status))`), then, where the room keeps history, catch up from the last position the
+// client saw (roomcast:recover). `raw()` is the socket.io-client socket carrying it.
+function rejoinOnConnect(name, entry, rejoin, raw, post) {
+  return () => {
+    const position = entry.position;
+    post(rejoin.url, rejoin.data, (status) => {
+      report(name, 'rejoined', { sid: raw().id, status });
+      if (!position || status !== 200 || !rejoin.room) return;
+      const arg = Object.assign({ room: rejoin.room }, position);
+      raw().emit('roomcast:recover', arg, (jwr) => report(name, 'recovered', { body: jwr && jwr.body }));
+    });
+  };
+}
+
 // History positions ride as an extra last argument: {"roomcast": {"history": {room: pos}}}.
 function notePosition(entry, room, args) {
   const last = args[args.length - 1];
@@ -158,7 +173,6 @@ function handle(cmd) {
         socket._raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
       }
       if (cmd.rejoin) {
-        entry.rejoin = cmd.rejoin;
         if (cmd.rejoin.room) {
           // sails.io.js binds listeners on its raw socket.io-client 2 socket (no onAny there).
           for (const event of cmd.listen || []) {
@@ -166,15 +180,7 @@ function handle(cmd) {
           }
         }
         const post = (url, data, done) => socket.post(url, data, (body, jwr) => done(jwr && jwr.statusCode));
-        socket.on('connect', () => {
-          const position = entry.position;
-          post(cmd.rejoin.url, cmd.rejoin.data, (status) => {
-            report(name, 'rejoined', { sid: socket._raw.id, status });
-            if (!position || status !== 200 || !cmd.rejoin.room) return;
-            const arg = Object.assign({ room: cmd.rejoin.room }, position);
-            socket._raw.emit('roomcast:recover', arg, (jwr) => report(name, 'recovered', { body: jwr && jwr.body }));
-          });
-        });
+        socket.on('connect', rejoinOnConnect(name, entry, cmd.rejoin, () => socket._raw, post));
       }
       const queued = (cmd.requests || []).map((req) => ({ id: req.id, connected: sailsRequest(req.id, socket, req) }));
       write({ id, type: 'ok', queued, queueLength: (socket.requestQueue || []).length });
@@ -195,19 +201,12 @@ function handle(cmd) {
       if (cmd.version === 4) raw.io.on('ping', () => report(name, 'ping'));
       if (cmd.reconnect) raw.io.on('reconnect_attempt', (attempt) => report(name, 'reconnect_attempt', { attempt }));
       if (cmd.rejoin) {
-        entry.rejoin = cmd.rejoin;
         if (cmd.rejoin.room) raw.onAny((event, ...args) => notePosition(entry, cmd.rejoin.room, args));
-        raw.on('connect', () => {
-          const position = entry.position;
-          const ctx = { method: 'post', url: cmd.rejoin.url, data: cmd.rejoin.data, headers: {} };
-          raw.emit('post', ctx, (jwr) => {
-            const status = jwr && jwr.statusCode;
-            report(name, 'rejoined', { sid: raw.id, status });
-            if (!position || status !== 200 || !cmd.rejoin.room) return;
-            const arg = Object.assign({ room: cmd.rejoin.room }, position);
-            raw.emit('roomcast:recover', arg, (reply) => report(name, 'recovered', { body: reply && reply.body }));
-          });
-        });
+        const post = (url, data, done) => {
+          const ctx = { method: 'post', url, data, headers: {} };
+          raw.emit('post', ctx, (jwr) => done(jwr && jwr.statusCode));
+        };
+        raw.on('connect', rejoinOnConnect(name, entry, cmd.rejoin, () => raw, post));
       }
       write({ id, type: 'ok' });
       return;
