@@ -5,6 +5,10 @@
 * ``cluster`` (function): the shared cluster, plus per-test hygiene: the clients a test opened
   are closed afterwards, and the test fails if a process died or logged ERROR/Traceback meanwhile.
 * ``sdk``: a :class:`roomcast.SyncCluster` on the cluster's router (closed after the test).
+* ``sc``, ``node``, ``js`` (module, module, function): the Socket.IO modules' cluster (two
+  gateways and the test worker, tests/integration/apps.py), their Node driver of real JS clients,
+  and the driver per test with its clients closed and the cluster checked healthy around it. A
+  module that needs another cluster defines its own ``sc``.
 * ``publisher``: a second process holding its own :class:`roomcast.Cluster`
   (``sdk_publisher.py``) that performs one SDK call per stdin line and acks each on stdout.
 
@@ -22,6 +26,12 @@ import pytest
 
 from tests.conftest import TIMEOUT_UNIT as T
 from tests.integration.harness import Cluster, Proc, start_cluster
+from tests.integration.test_sails_support import (
+    NodeDriver,
+    SailsCluster,
+    node_driver,
+    sails_cluster,
+)
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +89,25 @@ def publisher(cluster: Cluster) -> Iterator[Publisher]:
     pub = Publisher(cluster.commands)
     yield pub
     pub.stop()
+
+
+@pytest.fixture(scope="module")
+def sc() -> Iterator[SailsCluster]:
+    with sails_cluster(gateways=2, workers=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeDriver]:
+    with node_driver() as driver:
+        yield driver
+
+
+@pytest.fixture
+def js(sc: SailsCluster, node: NodeDriver) -> Iterator[NodeDriver]:
+    """The module's Node driver; the clients a test made are closed after it, and the cluster
+    must still be healthy (every process alive, no unexpected ERROR logged)."""
+    sc.check_healthy()
+    yield node
+    node.close_all()
+    sc.check_healthy()

@@ -25,24 +25,10 @@ from tests.integration.test_sails_support import (
     assert_jwr_shape,
     extra_gateway,
     jwr_error_body,
-    node_driver,
-    sails_cluster,
 )
 
 # The worker logs the exception of /boom for the operator (never sent to the client).
 BOOM_LOGGED = "POST /boom"  # in the ERROR line the worker logs
-
-
-@pytest.fixture(scope="module")
-def sc() -> Iterator[SailsCluster]:
-    with sails_cluster(gateways=2, workers=1) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    with node_driver() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +38,6 @@ def sdk(sc: SailsCluster) -> Iterator[Any]:
     client = SyncCluster(sc.commands)
     yield client
     client.close()
-
-
-@pytest.fixture
-def js(sc: SailsCluster, node: NodeDriver) -> Iterator[NodeDriver]:
-    """The module's Node driver; the clients a test made are closed after it, and the cluster
-    must still be healthy (every process alive, no unexpected ERROR logged)."""
-    sc.check_healthy()
-    yield node
-    node.close_all()
-    sc.check_healthy()
 
 
 def token() -> str:

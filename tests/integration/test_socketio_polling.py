@@ -22,24 +22,10 @@ from tests.integration.test_sails_support import (
     SailsCluster,
     assert_jwr_shape,
     extra_gateway,
-    node_driver,
-    sails_cluster,
 )
 
 SDK = {"__sails_io_sdk_version": SDK_VERSION}
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def sc() -> Iterator[SailsCluster]:
-    with sails_cluster(gateways=2, workers=1) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    with node_driver() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +35,6 @@ def sdk(sc: SailsCluster) -> Iterator[Any]:
     client = SyncCluster(sc.commands)
     yield client
     client.close()
-
-
-@pytest.fixture
-def js(sc: SailsCluster, node: NodeDriver) -> Iterator[NodeDriver]:
-    sc.check_healthy()
-    yield node
-    node.close_all()
-    sc.check_healthy()
 
 
 def ctx(method: str, url: str, data: Any = None) -> Any:

@@ -23,8 +23,6 @@ from tests.integration.test_sails_support import (
     assert_jwr_shape,
     extra_gateway,
     jwr_error_body,
-    node_driver,
-    sails_cluster,
 )
 
 # The worker logs the exception of /boom for the operator (never sent to the client).
@@ -34,32 +32,12 @@ SDK = {"__sails_io_sdk_version": SDK_VERSION}
 
 
 @pytest.fixture(scope="module")
-def sc() -> Iterator[SailsCluster]:
-    with sails_cluster(gateways=2, workers=1) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    with node_driver() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
 def sdk(sc: SailsCluster) -> Iterator[Any]:
     from roomcast import SyncCluster
 
     client = SyncCluster(sc.commands)
     yield client
     client.close()
-
-
-@pytest.fixture
-def js(sc: SailsCluster, node: NodeDriver) -> Iterator[NodeDriver]:
-    sc.check_healthy()
-    yield node
-    node.close_all()
-    sc.check_healthy()
 
 
 def ctx(method: str, url: str, data: Any = None, headers: dict[str, str] | None = None) -> Any:
