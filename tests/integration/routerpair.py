@@ -245,6 +245,17 @@ class Pair:
             self.backup = new
         return new
 
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Stop everything cleanly (exit 0, clean logs) after a passing block; kill it all
+        after a failing one, so the failure is the one reported."""
+        if kind is None:
+            self.stop()
+        else:
+            self.kill()
+
     def stop(self) -> None:
         for client in self.clients:
             client.close()

@@ -68,13 +68,8 @@ def _figures(name: str, figures: dict[str, Any]) -> None:
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    p = Pair(gateways=2, worker=True)
-    try:
+    with Pair(gateways=2, worker=True) as p:
         yield p
-    except BaseException:
-        p.kill()
-        raise
-    p.stop()
 
 
 def _bounded_never(check: Any, window: float, what: str) -> None:

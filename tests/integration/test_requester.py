@@ -51,13 +51,8 @@ def pair(tmp_path: Any) -> Iterator[TokenPair]:
     secret = tmp_path / "secret"
     secret.write_text(SECRET + "\n")
     TokenPair.secret_file = str(secret)
-    p = TokenPair(gateways=2, worker=True)
-    try:
+    with TokenPair(gateways=2, worker=True) as p:
         yield p
-    except BaseException:
-        p.kill()
-        raise
-    p.stop()
 
 
 @pytest.fixture

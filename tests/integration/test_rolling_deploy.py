@@ -179,15 +179,9 @@ class NodeClient:
 
 @pytest.fixture
 def deploy() -> Iterator[tuple[Pair, NodeDriver]]:
-    pair = Pair(gateways=2, worker=True, router_args=HISTORY)
-    try:
-        with node_driver() as js:
-            yield pair, js
-            js.close_all()
-    except BaseException:
-        pair.kill()
-        raise
-    pair.stop()
+    with Pair(gateways=2, worker=True, router_args=HISTORY) as pair, node_driver() as js:
+        yield pair, js
+        js.close_all()
 
 
 def _active(pair: Pair) -> Proc:
@@ -352,54 +346,51 @@ def test_rolling_deploy_strands_no_client(deploy: tuple[Pair, NodeDriver]) -> No
 def test_a_worker_replaced_under_request_load_fails_no_request() -> None:
     """A second worker starts, the first gets SIGTERM: it says goodbye, the router routes it
     nothing new, it answers what it holds and exits 0. No request fails meanwhile."""
-    pair = Pair(gateways=1, worker=True)
-    stop = threading.Event()
-    statuses: list[int] = []
-    problems: list[str] = []
+    with Pair(gateways=1, worker=True) as pair:
+        stop = threading.Event()
+        statuses: list[int] = []
+        problems: list[str] = []
 
-    def load() -> None:
-        client = WsClient(pair.gateways[0].ws_url, name="requester")
+        def load() -> None:
+            client = WsClient(pair.gateways[0].ws_url, name="requester")
+            try:
+                for i in range(100_000):  # bounded; stops on the event
+                    if stop.is_set():
+                        return
+                    reply = client.request("request", method="POST", url="/echo", data={"i": i})
+                    statuses.append(reply["statusCode"])
+            except Exception as exc:  # recorded: the test judges
+                problems.append(repr(exc))
+            finally:
+                client.close()
+
+        thread = threading.Thread(target=load, name="request load", daemon=True)
         try:
-            for i in range(100_000):  # bounded; stops on the event
-                if stop.is_set():
-                    return
-                reply = client.request("request", method="POST", url="/echo", data={"i": i})
-                statuses.append(reply["statusCode"])
-        except Exception as exc:  # recorded: the test judges
-            problems.append(repr(exc))
+            thread.start()
+            deadline_poll(lambda: len(statuses) > 50, 10 * T, message="requests flowing")
+            argv = ["-m", "roomcast.cli", "worker", APP, "--router", pair.commands]
+            second = pair._add(Proc("worker2", [*argv, "--heartbeat-interval", str(HEARTBEAT)]))
+            second.wait_ready()
+            for router in (pair.primary, pair.backup):
+                deadline_poll(
+                    lambda r=router: pair.router_metrics(r).get("roomcast_router_workers") == 2,
+                    10 * T,
+                    message=f"{router.name} to know both workers",
+                )
+            before = len(statuses)
+            assert pair.worker is not None
+            pair.worker.stop()  # SIGTERM: goodbye, finish, exit 0
+            pair.worker.check_log()
+            assert "leaving: 2 of 2 routers acknowledged" in pair.worker.log_text()
+            deadline_poll(lambda: len(statuses) > before + 100, 10 * T, message="requests after")
+            stop.set()
+            thread.join(10 * T)
+            assert not problems, problems
+            assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+            metrics = pair.router_metrics(pair.primary)
+            assert metrics.get("roomcast_router_goodbyes_total", role="worker") == 1
+            assert metrics.get("roomcast_router_worker_expired_total") == 0
+            assert metrics.get("roomcast_router_workers") == 1
+            print(f"\nworker replaced under load: {len(statuses)} requests, all 200")
         finally:
-            client.close()
-
-    thread = threading.Thread(target=load, name="request load", daemon=True)
-    try:
-        thread.start()
-        deadline_poll(lambda: len(statuses) > 50, 10 * T, message="requests flowing")
-        argv = ["-m", "roomcast.cli", "worker", APP, "--router", pair.commands]
-        second = pair._add(Proc("worker2", [*argv, "--heartbeat-interval", str(HEARTBEAT)]))
-        second.wait_ready()
-        for router in (pair.primary, pair.backup):
-            deadline_poll(
-                lambda r=router: pair.router_metrics(r).get("roomcast_router_workers") == 2,
-                10 * T,
-                message=f"{router.name} to know both workers",
-            )
-        before = len(statuses)
-        assert pair.worker is not None
-        pair.worker.stop()  # SIGTERM: goodbye, finish, exit 0
-        pair.worker.check_log()
-        assert "leaving: 2 of 2 routers acknowledged" in pair.worker.log_text()
-        deadline_poll(lambda: len(statuses) > before + 100, 10 * T, message="requests after")
-        stop.set()
-        thread.join(10 * T)
-        assert not problems, problems
-        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-        metrics = pair.router_metrics(pair.primary)
-        assert metrics.get("roomcast_router_goodbyes_total", role="worker") == 1
-        assert metrics.get("roomcast_router_worker_expired_total") == 0
-        assert metrics.get("roomcast_router_workers") == 1
-        print(f"\nworker replaced under load: {len(statuses)} requests, all 200")
-    except BaseException:
-        stop.set()
-        pair.kill()
-        raise
-    pair.stop()
+            stop.set()
